@@ -1,0 +1,71 @@
+"""Shared fixtures: a converted base model and a throwaway copy of the project as its own git + DVC repo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+# No internet here, and no telemetry from any tool under test.
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    DVC_NO_ANALYTICS="1",
+    GX_ANALYTICS_ENABLED="false",
+    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    DO_NOT_TRACK="1",
+    TOKENIZERS_PARALLELISM="false",
+)
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
+    """Run a command with this interpreter's bin on PATH; on failure show its output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **kw.pop("env", {})}
+    env = {k: v for k, v in env.items() if v is not None}  # None in `env=` unsets a variable
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def project_files() -> list[str]:
+    out = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout
+    return [f for f in out.splitlines() if (ROOT / f).is_file()]
+
+
+def copy_project(dest: Path) -> Path:
+    """A fresh clone-like copy of the project (tracked and unignored files only), committed in its own git repo."""
+    for rel in project_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded SmolLM2 converted by the real prepare_model stage (once per test session)."""
+    from tasks.prepare_model import prepare_model
+    from tunefold.config import ModelConfig
+
+    out = tmp_path_factory.mktemp("model") / "base"
+    prepare_model(ModelConfig(), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def reproduced_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy on which `dvc repro` has run the whole pipeline once."""
+    repo = copy_project(tmp_path_factory.mktemp("repo"))
+    run([sys.executable, "-m", "dvc", "repro"], repo)
+    return repo

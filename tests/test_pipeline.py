@@ -1,0 +1,155 @@
+"""One DAG, two runners: real `dvc repro` and the real Prefect flow, against a server on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, run
+from tunefold.dag import StageGraph
+
+DVC = [sys.executable, "-m", "dvc"]
+pytestmark = pytest.mark.slow
+
+
+def dvc_edges(repo: Path) -> set[tuple[str, str]]:
+    dot = run([*DVC, "dag", "--dot"], repo).stdout
+    return {(a, b) for a, b in re.findall(r'"?([\w.:-]+)"?\s*->\s*"?([\w.:-]+)"?', dot)}
+
+
+def test_flow_graph_is_dvc_graph() -> None:
+    """The flow reads dvc.yaml; this fails if its idea of the graph ever drifts from DVC's."""
+    ours = StageGraph.load(ROOT / "dvc.yaml").edges()
+    theirs = dvc_edges(ROOT)
+    assert ours == theirs or ours == {(b, a) for a, b in theirs}
+    assert ("ingest", "validate") in ours and ("prepare_model", "validate") in ours
+
+
+def test_sources_are_dvc_deps() -> None:
+    from tunefold.config import load_params
+
+    params = load_params(ROOT / "params.yaml")
+    graph = StageGraph.load(ROOT / "dvc.yaml")
+    assert graph.untracked_sources("ingest", [s.path for s in params.ingest.sources]) == []
+
+
+def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
+    repo = reproduced_repo
+    ingest = json.loads((repo / "metrics/ingest.json").read_text())
+    validate = json.loads((repo / "metrics/validate.json").read_text())
+    assert ingest["records_kept"] == validate["rows"] == validate["clean"] + validate["quarantined"]
+    assert ingest["duplicates_normalized"] == 1
+    assert (repo / "models/base/model.safetensors").exists()
+    assert (repo / "reports/validate/report.md").exists()
+    again = run([*DVC, "repro"], repo).stdout
+    assert "Data and pipelines are up to date" in again
+    assert "Data and pipelines are up to date" in run([*DVC, "status"], repo).stdout
+
+
+def test_changing_a_param_reruns_only_downstream(reproduced_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["validate"]["max_tokens"] = 4096
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run([*DVC, "repro"], repo).stdout
+    assert "Running stage 'validate'" in out
+    assert "Running stage 'ingest'" not in out and "Running stage 'prepare_model'" not in out
+    assert "Data and pipelines are up to date" in run([*DVC, "status"], repo).stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A real `prefect server start` on loopback with its own PREFECT_HOME."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    prefect = str(Path(sys.executable).parent / "prefect")
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        import httpx
+
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            time.sleep(0.5)
+        else:
+            raise AssertionError("prefect server did not become healthy:\n" + (tmp_path / "server.log").read_text())
+        yield {"PREFECT_API_URL": url, "PREFECT_HOME": env["PREFECT_HOME"]}
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def test_prefect_flow_against_real_server(reproduced_repo: Path, tmp_path: Path, prefect_server: dict) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["ingest"]["dedupe"] = "exact"  # ingest and validate become stale; prepare_model stays up to date
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run([sys.executable, "-m", "tunefold.cli", "--root", str(repo), "run"], repo, env=prefect_server)
+    logs = proc.stdout + proc.stderr
+    assert "Stage 'prepare_model' didn't change, skipping" in logs
+    assert "Running stage 'ingest'" in logs and "Running stage 'validate'" in logs
+    assert json.loads((repo / "metrics/ingest.json").read_text())["duplicates_normalized"] == 0
+    assert "Data and pipelines are up to date" in run([*DVC, "status"], repo).stdout
+
+    query = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+async def main():
+    async with get_client() as c:
+        flows = await c.read_flow_runs()
+        tasks = await c.read_task_runs()
+        arts = await c.read_artifacts()
+        print(json.dumps({"flows": [[f.name, f.state_type.value] for f in flows],
+                          "tasks": sorted([t.name, t.state_type.value] for t in tasks),
+                          "artifacts": sorted(a.key for a in arts if a.key)}))
+asyncio.run(main())
+"""
+    found = json.loads(run([sys.executable, "-c", query], repo, env=prefect_server).stdout.strip().splitlines()[-1])
+    assert [state for _, state in found["flows"]] == ["COMPLETED"]
+    assert found["tasks"] == [["ingest", "COMPLETED"], ["prepare_model", "COMPLETED"], ["validate", "COMPLETED"]]
+    assert {"stage-ingest", "stage-validate", "stage-prepare-model"} <= set(found["artifacts"])
+
+
+def test_failing_stage_fails_the_flow_without_a_server(reproduced_repo: Path, tmp_path: Path) -> None:
+    """Ephemeral Prefect (no server); a validation over its limit fails the run with the stage's message."""
+    repo = tmp_path / "repo"
+    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["validate"]["max_tokens"] = 40
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": None}
+    proc = run([sys.executable, "-m", "tunefold.cli", "run"], repo, check=False, env=env)
+    assert proc.returncode != 0
+    logs = proc.stdout + proc.stderr
+    assert "failed validation, above validate.max_reject_fraction=0.2" in logs
+    assert "data/validate/quarantine.jsonl" in logs

@@ -1,0 +1,143 @@
+"""`tunefold`: run the pipeline (through Prefect or plain DVC), one stage, or inspect its state."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tunefold.errors import TunefoldError
+
+EPILOG = """\
+examples:
+  tunefold run                  run every stage through Prefect (a local server is started if none is set)
+  tunefold run --dvc            the same with plain `dvc repro`
+  tunefold run --stages validate   validate and whatever it needs upstream
+  tunefold stage ingest --force    re-run one stage even if DVC finds it up to date
+  tunefold status               what is stale, and each stage's latest metrics
+  tunefold params               check params.yaml and print the resolved configuration
+"""
+
+
+def _dvc(args: list[str], root: Path) -> int:
+    from tunefold.dvcrun import dvc_cmd, tool_env
+
+    return subprocess.call(dvc_cmd(*args), cwd=root, env=tool_env())
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from tunefold.config import load_params
+    from tunefold.dag import StageGraph
+
+    load_params(a.root / "params.yaml")
+    order = StageGraph.load(a.root / "dvc.yaml").order(a.stages)
+    if a.dvc:
+        return _dvc(["repro", *(["--force"] if a.force else []), *(a.stages or [])], a.root)
+    from flows.pipeline import pipeline
+
+    print(f"running {' -> '.join(order)} through Prefect", file=sys.stderr)
+    state = pipeline(root=str(a.root), stages=a.stages, force=a.force, return_state=True)
+    if not state.is_completed():
+        print(f"error: pipeline run {state.name.lower()}: {state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_stage(a: argparse.Namespace) -> int:
+    from tunefold.config import load_params
+    from tunefold.dag import StageGraph
+
+    load_params(a.root / "params.yaml")
+    StageGraph.load(a.root / "dvc.yaml").order([a.name])
+    return _dvc(["repro", "--single-item", a.name, *(["--force"] if a.force else [])], a.root)
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from tunefold.dag import StageGraph
+    from tunefold.summary import stage_metrics
+
+    graph = StageGraph.load(a.root / "dvc.yaml")
+    rc = _dvc(["status"], a.root)
+    for name in graph.order():
+        metrics = stage_metrics(graph.stages[name], a.root)
+        shown = {k: v for k, v in metrics.items() if not isinstance(v, dict | list)}
+        print(f"{name}: {json.dumps(shown) if shown else '(not run yet)'}")
+    return rc
+
+
+def cmd_params(a: argparse.Namespace) -> int:
+    import yaml
+
+    from tunefold.config import load_params
+
+    params = load_params(a.params)
+    print(yaml.safe_dump(params.model_dump(by_alias=True, mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def cmd_dag(a: argparse.Namespace) -> int:
+    from tunefold.dag import StageGraph
+
+    graph = StageGraph.load(a.root / "dvc.yaml")
+    for name in graph.order():
+        ups = sorted(graph.upstream[name])
+        print(f"{name}" + (f"  <- {', '.join(ups)}" if ups else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunefold",
+        description="A versioned pipeline: ingest -> validate -> curriculum -> LoRA SFT/DPO -> MT-Bench/FLASK -> "
+        "report. dvc.yaml is the graph, params.yaml the configuration.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--root", type=Path, default=Path(), help="project root (default: current directory)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="run the pipeline (Prefect flow; --dvc for plain dvc repro)",
+        description="Run the pipeline. Up-to-date stages are skipped (DVC decides). With PREFECT_API_URL set "
+        "the run shows in that server's UI; otherwise Prefect runs locally.",
+    )
+    p.add_argument("--stages", nargs="+", metavar="STAGE", help="only these stages and what they need")
+    p.add_argument("--force", action="store_true", help="re-run the selected stages even if up to date")
+    p.add_argument("--dvc", action="store_true", help="run with `dvc repro` instead of Prefect")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "stage",
+        help="run one stage through DVC (records it in dvc.lock)",
+        description="Run a single stage with `dvc repro --single-item` (its inputs must exist).",
+    )
+    p.add_argument("name", help="stage name from dvc.yaml (see `tunefold dag`)")
+    p.add_argument("--force", action="store_true", help="run even if DVC finds it up to date")
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("status", help="stale stages (dvc status) and each stage's latest metrics")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("params", help="validate params.yaml and print the resolved configuration")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
+    p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("dag", help="stages in run order with their upstream stages")
+    p.set_defaults(func=cmd_dag)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TunefoldError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

