@@ -10,6 +10,7 @@ after writing its outputs, so the quarantine file is there to read.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -65,12 +66,25 @@ def checks(cfg: ValidateConfig) -> list[Check]:
     ]  # fmt: skip
 
 
+_ASCII_LETTERS = re.compile(r"[A-Za-z]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+@functools.lru_cache(maxsize=65536)
+def _script(char: str) -> str | None:
+    """Script of a letter (first word of its Unicode name: LATIN, CYRILLIC, CJK, ...); None for non-letters."""
+    return unicodedata.name(char, "UNKNOWN").split(" ", 1)[0] if char.isalpha() else None
+
+
 def _script_fraction(text: str, allowed: tuple[str, ...]) -> float:
-    letters = [c for c in text if c.isalpha()]
-    if not letters:
+    """Share of letters in allowed scripts; ASCII letters are counted in C, the rest looked up once each."""
+    ascii_letters = len(_ASCII_LETTERS.findall(text))
+    scripts = [sc for c in _NON_ASCII.findall(text) if (sc := _script(c)) is not None]
+    total = ascii_letters + len(scripts)
+    if total == 0:
         return 1.0
-    ok = sum(1 for c in letters if unicodedata.name(c, "UNKNOWN").split(" ", 1)[0] in allowed)
-    return ok / len(letters)
+    ok = (ascii_letters if "LATIN" in allowed else 0) + sum(1 for sc in scripts if sc in allowed)
+    return ok / total
 
 
 def describe(rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, cfg: ValidateConfig) -> pd.DataFrame:

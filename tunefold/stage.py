@@ -26,6 +26,7 @@ def setup_logging(verbose: bool = False) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("tunefold").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
 def stage_main(
