@@ -76,6 +76,60 @@ class ValidateConfig(Section):
         return self
 
 
+class EndpointConfig(Section):
+    """One role's OpenAI-compatible endpoint. No base_url: the embedded llama.cpp server is started for it."""
+
+    base_url: str | None = Field(None, description="e.g. https://api.openai.com/v1, http://gpu-box:8000/v1 (vLLM)")
+    model: str | None = Field(None, description="model id at the endpoint (embedded: the server's alias)")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="environment variable holding the API key"
+    )
+    api_key_secret: str | None = Field(None, description="name of a Prefect Secret block holding the API key")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(512, ge=1)
+    seed: int | None = Field(None, description="sent with every request; makes sampled (temperature>0) calls cacheable")
+    concurrency: int = Field(4, ge=1, description="requests in flight at once to this endpoint")
+    timeout: float = Field(120.0, gt=0, description="seconds before a request counts as hung")
+    max_retries: int = Field(5, ge=0)
+    price_input_per_1k: float = Field(0.0, ge=0, description="USD per 1k prompt tokens, for cost accounting")
+    price_output_per_1k: float = Field(0.0, ge=0, description="USD per 1k completion tokens")
+    json_mode: Literal["auto", "json_object_schema", "json_object", "prompt"] = Field(
+        "auto",
+        description="how JSON output is requested: json_object with a schema (llama.cpp), plain json_object "
+        "(OpenAI, vLLM), or only by the prompt; auto picks json_object_schema for the embedded server",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_keys_here(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in ("api_key", "key", "token")):
+            raise ValueError(
+                "API keys are never read from params.yaml (it is committed and recorded in dvc.lock); "
+                "put the key in the environment variable named by api_key_env, or in a Prefect Secret block "
+                "named by api_key_secret"
+            )
+        return data
+
+
+class EmbeddedServerConfig(Section):
+    model: str = Field("embedded", description="'embedded' (the SmolLM2 GGUF) or a path to a .gguf file")
+    n_ctx: int = Field(4096, ge=256)
+    n_threads: int | None = Field(None, ge=1)
+    startup_timeout: float = Field(120.0, gt=0)
+
+
+class LLMConfig(Section):
+    teacher: EndpointConfig = EndpointConfig()
+    judge: EndpointConfig = EndpointConfig()
+    embedded: EmbeddedServerConfig = EmbeddedServerConfig()
+    cache_dir: str = Field(".cache/llm", description="persistent response cache (outside DVC: shared by runs)")
+    breaker_failures: int = Field(
+        8, ge=1, description="consecutive failed requests after which an endpoint counts as dead"
+    )
+    backoff_base: float = Field(0.5, gt=0, description="first retry delay in seconds (doubles each retry)")
+    backoff_max: float = Field(30.0, gt=0, description="cap on one retry delay, Retry-After included")
+
+
 class OrchestrationConfig(Section):
     retries: dict[str, int] = Field(default_factory=dict, description="Prefect retries per stage name")
     retry_delay_seconds: float = Field(10.0, ge=0)
@@ -85,6 +139,7 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     ingest: IngestConfig
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    llm: LLMConfig = LLMConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -119,7 +174,10 @@ def _format_errors(path: Path, err: ValidationError, root: yaml.Node | None) -> 
         line = _node_line(root, loc)
         where = f"{path}:{line}" if line else str(path)
         msg = "unknown key (not a parameter of this section)" if e["type"] == "extra_forbidden" else e["msg"]
-        got = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e['input']!r})"
+        # Scalars only: a section echoed back could carry a secret someone pasted into it.
+        scalar = isinstance(e["input"], str | int | float | bool) and e["type"] not in ("missing", "extra_forbidden")
+        secretish = any(w in key.lower() for w in ("key", "secret", "token"))
+        got = f" (got {e['input']!r})" if scalar and not secretish else ""
         lines.append(f"  {where}: {key}: {msg}{got}")
     return "\n".join(lines)
 

@@ -1,0 +1,139 @@
+"""Loopback HTTP servers for fault injection (the only fakes the project allows) and request counting.
+
+`FaultServer` answers chat-completion requests by following a script of faults (429 with Retry-After, 5xx,
+hung connections, invalid JSON bodies, truncated bodies, slow replies, 4xx), then a default action.
+`CountingProxy` forwards to a real server and counts the requests that reach it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def completion(text: str, model: str = "fault-model") -> bytes:
+    return json.dumps({
+        "id": "x", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }).encode()  # fmt: skip
+
+
+class FaultServer:
+    def __init__(self, script: list[str] | None = None, default: str = "ok", reply: str = "Rating: [[7]]") -> None:
+        self.script = list(script or [])
+        self.default = default
+        self.reply = reply
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.release = threading.Event()  # set to end hung connections
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._send(200, json.dumps({"data": [{"id": "fault-model"}]}).encode())
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                with server.lock:
+                    action = server.script.pop(0) if server.script else server.default
+                    server.requests.append({"body": body, "auth": self.headers.get("Authorization"),
+                                            "action": action, "t": time.monotonic()})  # fmt: skip
+                server.act(self, action)
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.handler = Handler
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+
+    def act(self, h: Any, action: str) -> None:
+        name, _, arg = action.partition(":")
+        if name == "ok":
+            h._send(200, completion(arg or self.reply))
+        elif name == "429":
+            h._send(429, b'{"error": {"message": "slow down"}}', {"Retry-After": arg or "1"})
+        elif name.isdigit():
+            h._send(int(name), json.dumps({"error": {"message": f"injected {name}"}}).encode())
+        elif name == "garbage":
+            h._send(200, b"<html>this is not json")
+        elif name == "truncated":
+            body = completion(self.reply)
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body[: len(body) // 2])
+            h.wfile.flush()
+            h.close_connection = True
+        elif name == "hang":
+            self.release.wait(float(arg or 30))
+        elif name == "slow":
+            time.sleep(float(arg or 1))
+            h._send(200, completion(self.reply))
+        else:
+            raise ValueError(f"unknown fault {action}")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> FaultServer:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@contextmanager
+def counting_proxy(target: str) -> Iterator[dict[str, Any]]:
+    """Forward POSTs to `target` (a real server's /v1 URL); yields {'base_url', 'count'} with a live count."""
+    state: dict[str, Any] = {"count": 0}
+    lock = threading.Lock()
+
+    class Proxy(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with lock:
+                state["count"] += 1
+            req = urllib.request.Request(target + self.path.removeprefix("/v1"), data=data,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                body = resp.read()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    state["base_url"] = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

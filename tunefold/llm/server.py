@@ -1,0 +1,144 @@
+"""The embedded OpenAI-compatible server: llama.cpp's, on 127.0.0.1 and a free port, with the SmolLM2 GGUF.
+
+The child runs in its own process group and is asked by the kernel to exit when its parent dies
+(PR_SET_PDEATHSIG), so neither Ctrl-C, an exception nor a SIGKILL of the pipeline leaves it running.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tunefold.config import EmbeddedServerConfig
+from tunefold.errors import TunefoldError
+from tunefold.models import EMBEDDED, embedded_gguf
+
+log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(OSError):  # not Linux: the atexit hook and context managers still stop it
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gguf_path(cfg: EmbeddedServerConfig) -> Path:
+    if cfg.model == EMBEDDED:
+        return embedded_gguf()
+    path = Path(cfg.model)
+    if not path.is_file():
+        raise TunefoldError(f"llm.embedded.model: GGUF file {path} does not exist")
+    return path
+
+
+def file_fingerprint(path: Path) -> str:
+    """Content hash of the GGUF, so cached replies never outlive a change of weights behind the same alias."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+class EmbeddedServer:
+    """One llama.cpp server process; `start()` waits until it answers, `stop()` ends its whole process group."""
+
+    def __init__(self, cfg: EmbeddedServerConfig) -> None:
+        self.cfg = cfg
+        self.gguf = gguf_path(cfg)
+        self.alias = self.gguf.stem.lower()
+        self.fingerprint = file_fingerprint(self.gguf)
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Path | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> EmbeddedServer:
+        with self._lock:
+            if self.proc is not None and self.proc.poll() is None:
+                return self
+            self.port = free_port()
+            cmd = [
+                sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", self.alias,
+                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.cfg.n_ctx),
+            ]  # fmt: skip
+            if self.cfg.n_threads:
+                cmd += ["--n_threads", str(self.cfg.n_threads)]
+            fd, name = tempfile.mkstemp(prefix="tunefold-llama-", suffix=".log")
+            self._log_file = Path(name)
+            log.info("starting embedded llama.cpp server (%s) on 127.0.0.1:%d", self.gguf.name, self.port)
+            self.proc = subprocess.Popen(
+                cmd, stdout=fd, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+            )
+            os.close(fd)
+            atexit.register(self.stop)
+            self._wait_ready()
+            return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.cfg.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                tail = self._log_tail()
+                self.stop()
+                raise TunefoldError(f"embedded llama.cpp server exited while starting:\n{tail}")
+            try:
+                if httpx.get(f"{self.base_url}/models", timeout=2).status_code == 200:
+                    log.info("embedded server ready at %s", self.base_url)
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        tail = self._log_tail()
+        self.stop()
+        raise TunefoldError(f"embedded llama.cpp server not ready after {self.cfg.startup_timeout:.0f}s:\n{tail}")
+
+    def _log_tail(self, n: int = 20) -> str:
+        if self._log_file and self._log_file.exists():
+            return "\n".join(self._log_file.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+            log.info("embedded server on port %d stopped", self.port)
+        if self._log_file:
+            self._log_file.unlink(missing_ok=True)
+            self._log_file = None
+        atexit.unregister(self.stop)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
