@@ -45,6 +45,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest_validate.py
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV)

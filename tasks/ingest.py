@@ -14,12 +14,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tunefold.config import IngestConfig, Params
+from tunefold.config import IngestConfig
 from tunefold.errors import InputError
 from tunefold.formats import RowError, convert_row, detect_format, read_rows
 from tunefold.io import write_jsonl
 from tunefold.records import Record, make_record, normalized_key
-from tunefold.stage import log, stage_main
+from tunefold.stage import StageContext, log, stage_main
 
 RECORDS, REJECTED, DUPLICATES = "records.jsonl", "rejected.jsonl", "duplicates.jsonl"
 COUNTS = (
@@ -119,8 +119,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
 
 
-def _run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
-    return ingest(params.ingest, args.out)
+def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
+    return ingest(ctx.params.ingest, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:

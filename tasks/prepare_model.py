@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tunefold.config import ModelConfig, Params
+from tunefold.config import ModelConfig
 from tunefold.io import atomic_dir
 from tunefold.models import convert_base
-from tunefold.stage import log, stage_main
+from tunefold.stage import StageContext, log, stage_main
 
 
 def prepare_model(cfg: ModelConfig, out_dir: Path) -> dict[str, Any]:
@@ -25,8 +25,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
 
 
-def _run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
-    return prepare_model(params.model, args.out)
+def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
+    return prepare_model(ctx.params.model, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunefold.config import Params, ValidateConfig
+from tunefold.config import ValidateConfig
 from tunefold.errors import InputError
 from tunefold.io import write_json, write_jsonl, write_text
 from tunefold.models import load_tokenizer
-from tunefold.stage import log, stage_main
+from tunefold.stage import StageContext, log, stage_main
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -287,8 +287,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, required=True, help="directory for report.json and report.md")
 
 
-def _run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
-    return validate(params.validate_, args.records, args.model, args.out, args.report)
+def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
+    return validate(ctx.params.validate_, args.records, args.model, args.out, args.report)
 
 
 def main(argv: list[str] | None = None) -> int:

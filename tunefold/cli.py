@@ -18,6 +18,7 @@ examples:
   tunefold stage ingest --force    re-run one stage even if DVC finds it up to date
   tunefold status               what is stale, and each stage's latest metrics
   tunefold params               check params.yaml and print the resolved configuration
+  tunefold llm-check            one request to each LLM role's endpoint (teacher, judge)
 """
 
 
@@ -87,6 +88,29 @@ def cmd_dag(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_llm_check(a: argparse.Namespace) -> int:
+    """One tiny uncached request per role: proves the endpoint, model id and key work before a long run."""
+    import time
+
+    from tunefold.config import load_params
+    from tunefold.llm import ChatRequest, Gateway
+    from tunefold.stage import setup_logging
+
+    setup_logging()
+    params = load_params(a.root / "params.yaml")
+    with Gateway(params.llm, stage="llm-check", cache_dir=a.root / params.llm.cache_dir) as gw:
+        for role in a.roles:
+            start = time.perf_counter()
+            req = ChatRequest(messages=[{"role": "user", "content": "Reply with the word ready."}], max_tokens=8,
+                              temperature=0.0, seed=int(time.time()))  # fmt: skip
+            result = gw.chat(role, req)
+            took = time.perf_counter() - start
+            prov = result.provenance
+            status = f"ok ({took:.2f}s): {result.text!r}" if result.ok else f"FAILED: {result.error}"
+            print(f"llm.{role}: {prov['endpoint']} model={prov['model']} {status}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunefold",
@@ -127,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dag", help="stages in run order with their upstream stages")
     p.set_defaults(func=cmd_dag)
+
+    p = sub.add_parser(
+        "llm-check",
+        help="send one request to each LLM role's endpoint (starting the embedded server if needed)",
+        description="Check llm.teacher / llm.judge from params.yaml: endpoint, model id and API key.",
+    )
+    p.add_argument("roles", nargs="*", default=["teacher", "judge"], help="roles to check (default: both)")
+    p.set_defaults(func=cmd_llm_check)
     return parser
 
 

@@ -176,7 +176,7 @@ def _format_errors(path: Path, err: ValidationError, root: yaml.Node | None) -> 
         msg = "unknown key (not a parameter of this section)" if e["type"] == "extra_forbidden" else e["msg"]
         # Scalars only: a section echoed back could carry a secret someone pasted into it.
         scalar = isinstance(e["input"], str | int | float | bool) and e["type"] not in ("missing", "extra_forbidden")
-        secretish = any(w in key.lower() for w in ("key", "secret", "token"))
+        secretish = any(str(p).startswith("api_key") or str(p) in ("key", "secret", "token") for p in loc)
         got = f" (got {e['input']!r})" if scalar and not secretish else ""
         lines.append(f"  {where}: {key}: {msg}{got}")
     return "\n".join(lines)

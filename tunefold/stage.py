@@ -7,14 +7,42 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunefold.config import DEFAULT_PARAMS, Params, load_params
 from tunefold.errors import TunefoldError
 from tunefold.io import write_json
 
+if TYPE_CHECKING:
+    from tunefold.llm import Gateway
+
 log = logging.getLogger("tunefold")
+
+
+@dataclass
+class StageContext:
+    """What a stage's run function gets: its name, the validated params, and the gateway on first use."""
+
+    name: str
+    params: Params
+    _gateway: Gateway | None = field(default=None, repr=False)
+
+    @property
+    def gateway(self) -> Gateway:
+        """Created on first use, closed (embedded server stopped) by `stage_main`, its metrics recorded."""
+        if self._gateway is None:
+            from tunefold.llm import Gateway
+
+            self._gateway = Gateway(self.params.llm, stage=self.name)
+        return self._gateway
+
+    def close(self) -> dict[str, Any] | None:
+        if self._gateway is None:
+            return None
+        self._gateway.close()
+        return self._gateway.metrics()
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -33,10 +61,11 @@ def stage_main(
     name: str,
     doc: str,
     add_arguments: Callable[[argparse.ArgumentParser], None],
-    run: Callable[[Params, argparse.Namespace], dict[str, Any]],
+    run: Callable[[StageContext, argparse.Namespace], dict[str, Any]],
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Parse args, load params, run the stage, write its metrics JSON; turn user errors into one clear line."""
+    """Parse args, load params, run the stage, write its metrics JSON (with the gateway's cache hits, tokens and
+    cost when the stage called an LLM); turn user errors into one clear line."""
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{name}", description=doc)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="parameters file (default: %(default)s)")
     parser.add_argument("--metrics", type=Path, help="where to write this stage's metrics JSON")
@@ -45,12 +74,17 @@ def stage_main(
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     start = time.perf_counter()
+    ctx = None
     try:
-        params = load_params(args.params)
-        metrics = run(params, args)
+        ctx = StageContext(name, load_params(args.params))
+        metrics = run(ctx, args)
     except TunefoldError as e:
         print(f"error: {name}: {e}", file=sys.stderr)
         return 2
+    finally:
+        llm = ctx.close() if ctx else None
+    if llm is not None:
+        metrics["llm"] = llm
     metrics["seconds"] = round(time.perf_counter() - start, 3)
     if args.metrics:
         write_json(args.metrics, metrics)
