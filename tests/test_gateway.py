@@ -295,3 +295,31 @@ print("match" if key == sys.argv[1] else "mismatch")
     out = subprocess.run([sys.executable, "-c", script, SECRET], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "match"
+
+
+def test_stage_metrics_record_llm_usage_and_stop_the_gateway(tmp_path: Path) -> None:
+    """A stage that calls an LLM through its context gets cache hits, tokens and cost in its metrics JSON."""
+    import yaml
+
+    from tunefold.stage import stage_main
+
+    with FaultServer(default="ok:[[6]]") as srv:
+        params = {
+            "ingest": {"sources": [{"path": "x.jsonl"}]},
+            "llm": {"cache_dir": str(tmp_path / "cache"),
+                    "judge": {"base_url": srv.base_url, "model": "fault-model", "price_input_per_1k": 1.0}},
+        }  # fmt: skip
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+        def run(ctx, args) -> dict:
+            results = ctx.gateway.batch("judge", [ask("a"), ask("b"), ask("a")])
+            return {"rated": sum(parse_rating(r.text).ok for r in results)}
+
+        argv = ["--params", str(tmp_path / "params.yaml"), "--metrics", str(tmp_path / "m.json")]
+        for _ in range(2):
+            assert stage_main("judge_demo", "demo", lambda p: None, run, argv) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["rated"] == 3
+    llm = m["llm"]["judge"]
+    assert (llm["requests"], llm["cache_hits"], llm["calls_sent"]) == (3, 3, 0)  # second run: all from cache
+    assert len(srv.requests) == 2  # "a" twice in one batch is sent once: the repeat waits and reads the cache

@@ -9,13 +9,14 @@ of deterministic requests, and token/cost accounting written to the stage's metr
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -153,6 +154,7 @@ class Gateway:
         self._server: EmbeddedServer | None = None
         self._endpoints: dict[str, _Endpoint] = {}
         self._lock = threading.Lock()
+        self._inflight: dict[str, tuple[threading.Lock, int]] = {}
 
     def __enter__(self) -> Gateway:
         return self
@@ -239,17 +241,41 @@ class Gateway:
         key = request_key(ep.fingerprint, body)
         cacheable = is_deterministic(body)
         self.stats.add(role, requests=1)
-        if cacheable and (hit := self.cache.get(key)) is not None:
-            self.stats.add(role, cache_hits=1)
-            return ChatResult(hit["text"], None, True, 0, prov, hit.get("usage", {}))
+        if not cacheable:
+            return self._fresh(ep, body, prov, role, key=None)
+        with self._key_lock(key):  # identical requests in flight wait for the first one, then read the cache
+            if (hit := self.cache.get(key)) is not None:
+                self.stats.add(role, cache_hits=1)
+                return ChatResult(hit["text"], None, True, 0, prov, hit.get("usage", {}))
+            return self._fresh(ep, body, prov, role, key)
+
+    def _fresh(
+        self, ep: _Endpoint, body: dict[str, Any], prov: dict[str, Any], role: str, key: str | None
+    ) -> ChatResult:
         self.stats.add(role, cache_misses=1)
         text, usage, error, attempts = self._send(ep, body)
         if error is not None:
             self.stats.add(role, failed_requests=1)
             return ChatResult(None, error, False, attempts, prov)
-        if cacheable:
+        if key is not None:
             self.cache.put(key, ep.fingerprint, {"text": text, "usage": usage})
         return ChatResult(text, None, False, attempts, prov, usage)
+
+    @contextlib.contextmanager
+    def _key_lock(self, key: str) -> Iterator[None]:
+        with self._lock:
+            lock, users = self._inflight.get(key, (threading.Lock(), 0))
+            self._inflight[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._inflight[key]
+                if users == 1:
+                    del self._inflight[key]
+                else:
+                    self._inflight[key] = (lock, users - 1)
 
     def _send(self, ep: _Endpoint, body: dict[str, Any]) -> tuple[str | None, dict[str, int], str | None, int]:
         import openai
