@@ -7,6 +7,7 @@ After a flow run, `dvc status` has nothing to do.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def run_stage(name: str, root: str, force: bool = False) -> dict[str, Any]:
         raise RuntimeError(f"stage {name} failed (exit {proc.returncode}):\n" + "\n".join(tail))
     stage = StageGraph.load(Path(root) / "dvc.yaml").stages[name]
     create_markdown_artifact(
-        key=f"stage-{name}".replace("_", "-"),
+        key="stage-" + re.sub(r"[^a-z0-9-]+", "-", name.lower()),
         markdown=stage_summary(stage, Path(root)),
         description=f"outputs of stage {name}",
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import re
 import sys
 import unicodedata
@@ -139,6 +140,7 @@ def run_suite(df: pd.DataFrame, suite_checks: list[Check]) -> dict[str, list[int
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)  # it forces INFO
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch = ctx.data_sources.add_pandas("tunefold").add_dataframe_asset("records")

@@ -130,6 +130,57 @@ class LLMConfig(Section):
     backoff_max: float = Field(30.0, gt=0, description="cap on one retry delay, Retry-After included")
 
 
+class LoraSettings(Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+
+
+class SFTRound(Section):
+    """One curriculum round: its data, where it starts from, and its own schedule."""
+
+    data: str = Field(description="records JSONL to train on (clean data, or a curriculum round)")
+    init: str = Field(description="models/base for the first round, else the previous round's adapter directory")
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
+
+
+class TrainConfig(Section):
+    lora: LoraSettings = LoraSettings()
+    max_length: int = Field(512, ge=16, description="tokens per sequence (per packed block when packing)")
+    overlong: Literal["truncate", "reject"] = Field("truncate", description="what to do with longer conversations")
+    packing: bool = Field(True, description="pack conversations into blocks, no padding (padding-free)")
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup: float = Field(0.0, ge=0.0, description="warmup steps (an integer) or share of all steps (in [0, 1))")
+    save_steps: int = Field(10, ge=1, description="checkpoint every N optimizer steps (for resume)")
+    logging_steps: int = Field(1, ge=1)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    qlora: bool = Field(False, description="4-bit base weights via bitsandbytes (CUDA only)")
+    chat_template: str | None = Field(
+        None, description="a Jinja template with {% generation %} markers, for model families the project lacks"
+    )
+    rounds: dict[str, SFTRound] = Field(min_length=1)
+
+
+class DPOSettings(Section):
+    init: str = Field(description="the SFT adapter DPO starts from (merged in memory; it is also the reference)")
+    data: str = Field(description="records JSONL; rows with a `rejected` answer are the preference pairs")
+    sources: list[str] = Field(
+        default_factory=list, description="only pairs from these ingest source names (empty: all)"
+    )
+    data_fraction: float = Field(1.0, gt=0.0, le=1.0, description="seeded random share of the pooled pairs")
+    beta: float = Field(0.1, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    max_steps: int = -1
+    batch_size: int = Field(2, ge=1)
+    max_length: int = Field(512, ge=16)
+
+
 class OrchestrationConfig(Section):
     retries: dict[str, int] = Field(default_factory=dict, description="Prefect retries per stage name")
     retry_delay_seconds: float = Field(10.0, ge=0)
@@ -140,6 +191,8 @@ class Params(Section):
     ingest: IngestConfig
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     llm: LLMConfig = LLMConfig()
+    train: TrainConfig | None = None
+    dpo: DPOSettings | None = None
     orchestration: OrchestrationConfig = OrchestrationConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

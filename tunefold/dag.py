@@ -1,16 +1,12 @@
-"""The stage graph as dvc.yaml declares it: the single source of truth for both runners.
+"""The stage graph as dvc.yaml declares it and DVC resolves it: the single source of truth for both runners.
 
-Stage B depends on stage A when one of B's deps is one of A's outs (or inside or above it), exactly the rule
-DVC applies. The Prefect flow walks `StageGraph.order()`; tests compare the edges with `dvc dag`.
+The Prefect flow walks `StageGraph.order()`; a test compares its edges with `dvc dag`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-import yaml
 
 from tunefold.errors import TunefoldError
 
@@ -26,25 +22,6 @@ class Stage:
     params: tuple[str, ...]
 
 
-def _paths(entries: list[Any] | None) -> tuple[str, ...]:
-    """dvc.yaml path lists hold plain strings or one-key mappings `{path: {options}}`."""
-    out = []
-    for e in entries or []:
-        out.extend([e] if isinstance(e, str) else list(e))
-    return tuple(str(PurePosixPath(p)) for p in out)
-
-
-def _params(entries: list[Any] | None) -> tuple[str, ...]:
-    out: list[str] = []
-    for e in entries or []:
-        if isinstance(e, str):
-            out.append(e)
-        else:  # {params_file: [keys]}
-            for keys in e.values():
-                out.extend(keys or [])
-    return tuple(out)
-
-
 def _overlaps(a: str, b: str) -> bool:
     pa, pb = PurePosixPath(a), PurePosixPath(b)
     return pa == pb or pb in pa.parents or pa in pb.parents
@@ -57,31 +34,38 @@ class StageGraph:
 
     @classmethod
     def load(cls, dvc_yaml: str | Path = "dvc.yaml") -> StageGraph:
+        """Read the graph through DVC itself, so `foreach` rounds and `${...}` templating expand exactly as
+        `dvc repro` expands them."""
         path = Path(dvc_yaml)
         if not path.exists():
             raise TunefoldError(f"{path}: not found; run from the project root (where dvc.yaml is)")
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        stages = {}
-        for name, spec in (doc.get("stages") or {}).items():
-            if "foreach" in spec:
-                raise TunefoldError(f"{path}: stage {name}: foreach stages are expanded by DVC; not supported here")
-            stages[name] = Stage(
-                name=name,
-                cmd=" ".join(spec["cmd"]) if isinstance(spec["cmd"], list) else spec["cmd"],
-                deps=_paths(spec.get("deps")),
-                outs=_paths(spec.get("outs")),
-                metrics=_paths(spec.get("metrics")),
-                plots=_paths(spec.get("plots")),
-                params=_params(spec.get("params")),
-            )
-        graph = cls(stages)
-        for name, stage in stages.items():
-            graph.upstream[name] = {
-                other.name
-                for other in stages.values()
-                if other.name != name and any(_overlaps(d, o) for d in stage.deps for o in other.outs)
-            }
-        return graph
+        from dvc.exceptions import DvcException
+        from dvc.repo import Repo
+
+        try:
+            with Repo(str(path.resolve().parent)) as repo:
+                index = repo.index
+                stages: dict[str, Stage] = {}
+                for st in index.stages:
+                    if not st.cmd:
+                        continue  # a `.dvc` file, not a pipeline stage
+                    outs = [o for o in st.outs if not (o.metric or o.plot)]
+                    stages[st.addressing] = Stage(
+                        name=st.addressing,
+                        cmd=" ".join(st.cmd) if isinstance(st.cmd, list) else st.cmd,
+                        deps=tuple(d.def_path for d in st.deps if not d.def_path.endswith("params.yaml")),
+                        outs=tuple(o.def_path for o in outs),
+                        metrics=tuple(o.def_path for o in st.outs if o.metric),
+                        plots=tuple(o.def_path for o in st.outs if o.plot),
+                        params=tuple(k for d in st.deps if hasattr(d, "params") for k in (d.params or [])),
+                    )
+                upstream = {name: set() for name in stages}
+                for down, up in index.graph.edges:
+                    if down.addressing in stages and up.addressing in stages:
+                        upstream[down.addressing].add(up.addressing)
+        except DvcException as e:
+            raise TunefoldError(f"{path}: {e}") from e
+        return cls(stages, upstream)
 
     def edges(self) -> set[tuple[str, str]]:
         """(upstream, downstream) pairs."""

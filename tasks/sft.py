@@ -1,0 +1,166 @@
+"""Stage `sft@<round>`: LoRA supervised fine-tuning of one curriculum round with trl's SFTTrainer.
+
+Loss falls on assistant tokens only (the chat template's {% generation %} spans, end-of-turn token included);
+conversations are packed into blocks with no padding. A round continues from the previous round's adapter.
+Checkpoints every `train.save_steps` steps make a killed run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tunefold.config import TrainConfig
+from tunefold.errors import InputError
+from tunefold.io import atomic_dir, write_jsonl
+from tunefold.models import load_tokenizer
+from tunefold.stage import StageContext, log, stage_main
+from tunefold.training import (
+    ResumeGuard,
+    file_hash,
+    fingerprint,
+    fit_lengths,
+    load_base,
+    lora_config,
+    plan_device,
+    read_records,
+    sha256_text,
+    training_template,
+    write_curve,
+)
+
+
+def is_adapter(path: Path) -> bool:
+    return (path / "adapter_config.json").exists()
+
+
+def train_sft(
+    cfg: TrainConfig,
+    round_name: str,
+    base_dir: Path,
+    out_dir: Path,
+    ckpt_dir: Path,
+    curve_path: Path,
+    force_restart: bool = False,
+) -> dict[str, Any]:
+    from datasets import Dataset
+    from peft import PeftModel
+    from trl import SFTConfig, SFTTrainer
+
+    if round_name not in cfg.rounds:
+        raise InputError(f"train.rounds has no round {round_name!r}; rounds: {', '.join(cfg.rounds)}")
+    rnd = cfg.rounds[round_name]
+    init = Path(rnd.init)
+    if not is_adapter(init) and init.resolve() != base_dir.resolve():
+        raise InputError(f"train.rounds.{round_name}.init: {init} is neither {base_dir} nor a LoRA adapter directory")
+    plan = plan_device(cfg)
+    tokenizer = load_tokenizer(base_dir)
+    template, template_source = training_template(tokenizer, cfg.chat_template)
+    tokenizer.chat_template = template
+
+    records = read_records(Path(rnd.data))
+    conversations = [[m.model_dump() for m in r.messages] for r in records]
+    keep, lengths = fit_lengths(conversations, tokenizer, template, cfg.max_length, cfg.overlong)
+    dropped = [records[i].model_dump() | {"reason": f"over train.max_length={cfg.max_length} tokens"}
+               for i in sorted(set(range(len(records))) - set(keep))]  # fmt: skip
+    if not keep:
+        raise InputError(f"{rnd.data}: no conversation fits train.max_length={cfg.max_length}; nothing to train on")
+    dataset = Dataset.from_list([{"messages": conversations[i]} for i in keep])
+
+    fp = fingerprint(
+        data=file_hash(Path(rnd.data)),
+        init=file_hash(init / "adapter_model.safetensors") if is_adapter(init) else str(init),
+        train=cfg.model_dump(exclude={"rounds", "device"}),
+        round=rnd.model_dump(),
+    )
+    resume = ResumeGuard(ckpt_dir, fp, force_restart).resume_point()
+
+    model = load_base(base_dir, plan)
+    peft_config = None
+    if is_adapter(init):
+        model = PeftModel.from_pretrained(model, str(init), is_trainable=True)
+    else:
+        peft_config = lora_config(cfg.lora, model)
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=rnd.learning_rate,
+        num_train_epochs=rnd.epochs,
+        max_steps=rnd.max_steps,
+        warmup_steps=cfg.warmup,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        assistant_only_loss=True,
+        report_to="none",
+        **plan.trainer_args(),
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+    )
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+
+    with atomic_dir(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_jsonl(tmp / "rejected_overlong.jsonl", dropped)  # empty unless train.overlong is reject
+    ResumeGuard(ckpt_dir, fp, force_restart).complete()
+    curve = write_curve(trainer.state.log_history, curve_path)
+    tokens = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    metrics = {
+        "round": round_name,
+        "device": plan.device,
+        "steps": trainer.state.global_step,
+        "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0,
+        "train_loss": round(result.training_loss, 4),
+        "first_loss": curve[0]["loss"] if curve else None,
+        "last_loss": curve[-1]["loss"] if curve else None,
+        "real_tokens": int(tokens),
+        "real_tokens_per_second": round(tokens / seconds, 1) if seconds and not resume else None,
+        "seconds_training": round(seconds, 1),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "chat_template": template_source,
+        "chat_template_sha256": sha256_text(template)[:16],
+        "packing": cfg.packing,
+        **lengths,
+    }
+    log.info("sft %s: %d steps, loss %s -> %s, %s real tokens/s", round_name, metrics["steps"],
+             metrics["first_loss"], metrics["last_loss"], metrics["real_tokens_per_second"])  # fmt: skip
+    return metrics
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--round", required=True, help="round name, a key of train.rounds")
+    p.add_argument("--base", type=Path, required=True, help="base model directory (prepare_model)")
+    p.add_argument("--out", type=Path, required=True, help="adapter directory to write")
+    p.add_argument("--checkpoints", type=Path, required=True, help="checkpoint directory (kept for resume)")
+    p.add_argument("--curve", type=Path, required=True, help="loss curve TSV (dvc plots)")
+
+
+def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
+    if ctx.params.train is None:
+        raise InputError("params.yaml has no `train` section")
+    force = os.environ.get("TUNEFOLD_FORCE_RESTART") == "1"
+    return train_sft(ctx.params.train, args.round, args.base, args.out, args.checkpoints, args.curve, force)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("sft", __doc__ or "", _args, _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

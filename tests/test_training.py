@@ -1,0 +1,289 @@
+"""Real trl/peft training steps on the embedded SmolLM2 checkpoint, on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tunefold.config import DPOSettings, LoraSettings, SFTRound, TrainConfig
+from tunefold.errors import InputError
+from tunefold.io import write_jsonl
+from tunefold.records import Message, make_record
+
+pytestmark = pytest.mark.slow
+
+QA = [("What colour is the sky on a clear day?", "Blue."), ("What is the capital of France?", "Paris."),
+      ("How many legs does a spider have?", "Eight."), ("What is 2 plus 3?", "Five."),
+      ("Which animal says moo?", "A cow."), ("What is frozen water called?", "Ice."),
+      ("What is the opposite of hot?", "Cold."), ("How many days are in a week?", "Seven.")]  # fmt: skip
+BAD = ["I am not sure, it might depend on many things and I cannot say.", "Banana.", "Purple, probably.", "Ninety."]
+
+
+def write_data(path: Path, prefs: bool = False) -> Path:
+    rows = []
+    for i, (q, a) in enumerate(QA):
+        rej = BAD[i % len(BAD)] if prefs else None
+        msgs = [Message(role="user", content=q), Message(role="assistant", content=a)]
+        rows.append(make_record(msgs, f"t:{i}", rejected=rej, metadata={"source_name": "toy"}))
+    write_jsonl(path, rows)
+    return path
+
+
+def config(data: Path, init: Path, **round_kw) -> TrainConfig:
+    rnd = SFTRound(data=str(data), init=str(init), **({"epochs": 1, "learning_rate": 2e-3, "max_steps": 6} | round_kw))
+    return TrainConfig(lora=LoraSettings(r=8, alpha=16, dropout=0.0), max_length=128, batch_size=2, save_steps=2,
+                       logging_steps=1, rounds={"r1": rnd})  # fmt: skip
+
+
+def assistant_loss(model, tokenizer, template: str) -> float:
+    """Mean NLL on the assistant tokens of the toy set."""
+    import torch
+
+    losses = []
+    for q, a in QA:
+        conv = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        enc = tokenizer.apply_chat_template(
+            conv, chat_template=template, return_dict=True, return_assistant_tokens_mask=True
+        )
+        ids = torch.tensor([enc["input_ids"]])
+        labels = ids.clone()
+        labels[0, torch.tensor(enc["assistant_masks"]) == 0] = -100
+        with torch.no_grad():
+            losses.append(model(input_ids=ids, labels=labels).loss.item())
+    return sum(losses) / len(losses)
+
+
+@pytest.fixture(scope="module")
+def sft_run(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from tasks.sft import train_sft
+
+    work = tmp_path_factory.mktemp("sft")
+    data = write_data(work / "data.jsonl", prefs=True)
+    cfg = config(data, base_model)
+    metrics = train_sft(cfg, "r1", base_model, work / "adapter", work / "ckpt", work / "loss.tsv")
+    return {"work": work, "data": data, "cfg": cfg, "metrics": metrics}
+
+
+def test_sft_trains_assistant_tokens_and_lowers_loss(sft_run: dict, base_model: Path) -> None:
+    from peft import PeftModel
+
+    from tunefold.models import load_model, load_tokenizer
+    from tunefold.training import training_template
+
+    m, work = sft_run["metrics"], sft_run["work"]
+    assert m["steps"] == 6 and m["chat_template"] == "tunefold:smollm2_training.jinja"
+    assert m["real_tokens"] > 0 and m["real_tokens_per_second"] > 0
+    curve = (work / "loss.tsv").read_text().splitlines()
+    assert curve[0].startswith("step\tloss") and len(curve) == 7
+    tok = load_tokenizer(base_model)
+    template = training_template(tok)[0]
+    before = assistant_loss(load_model(base_model), tok, template)
+    trained = PeftModel.from_pretrained(load_model(base_model), str(work / "adapter"))
+    after = assistant_loss(trained, tok, template)
+    assert after < before * 0.8, (before, after)
+    saved = (work / "adapter" / "chat_template.jinja").read_text()
+    assert "{% generation %}" in saved  # the saved tokenizer carries the training template (same rendering)
+
+
+def test_training_template_renders_like_the_models_own(base_model: Path) -> None:
+    from tunefold.models import load_tokenizer
+    from tunefold.training import training_template
+
+    tok = load_tokenizer(base_model)
+    template, _ = training_template(tok)
+    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA]
+    convs.append([{"role": "system", "content": "Be terse."}, *convs[0], {"role": "user", "content": "And?"}])
+    for conv in convs:
+        for prompt in (False, True):
+            msgs = conv[:-1] if prompt else conv
+            own = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=prompt)
+            assert (
+                tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=prompt, chat_template=template)
+                == own
+            )
+    enc = tok.apply_chat_template(convs[0], chat_template=template, return_dict=True, return_assistant_tokens_mask=True)
+    trained = [i for i, keep in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if keep]
+    assert tok.decode(trained) == "Blue.<|im_end|>"  # the answer and its end token carry the loss, nothing else
+
+
+def test_trained_model_stops_after_a_short_answer(sft_run: dict, base_model: Path) -> None:
+    import torch
+
+    from tunefold.models import load_tokenizer, load_trained
+
+    tok = load_tokenizer(base_model)
+    model = load_trained(base_model, sft_run["work"] / "adapter")
+    stops = 0
+    for q, _ in QA:
+        prompt = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, return_dict=True)
+        ids = torch.tensor([prompt["input_ids"]])
+        out = model.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=tok.eos_token_id)
+        new = out[0, ids.shape[1] :].tolist()
+        stops += tok.eos_token_id in new and new.index(tok.eos_token_id) <= 8
+    assert stops >= len(QA) - 1, f"only {stops}/{len(QA)} short answers ended with <|im_end|>"
+
+
+def test_adapter_reloads_and_merges_with_the_same_logits(sft_run: dict, base_model: Path) -> None:
+    import torch
+    from peft import PeftModel
+
+    from tunefold.models import load_model, load_trained
+
+    ids = torch.tensor([[1, 504, 3458, 314, 260, 3444, 282, 4649, 47]])
+    with torch.no_grad():
+        adapter = PeftModel.from_pretrained(load_model(base_model), str(sft_run["work"] / "adapter"))(ids).logits
+        merged = load_trained(base_model, sft_run["work"] / "adapter")(ids).logits
+        base = load_model(base_model)(ids).logits
+    assert torch.allclose(adapter, merged, atol=1e-4)
+    assert not torch.allclose(adapter, base, atol=1e-3)
+
+
+def test_second_round_continues_from_the_first(sft_run: dict, base_model: Path) -> None:
+    from tasks.sft import train_sft
+
+    work = sft_run["work"]
+    r2 = SFTRound(data=str(sft_run["data"]), init=str(work / "adapter"), epochs=1, learning_rate=1e-3, max_steps=2)
+    cfg = sft_run["cfg"].model_copy(update={"rounds": {"r2": r2}})
+    m = train_sft(cfg, "r2", base_model, work / "adapter2", work / "ckpt2", work / "loss2.tsv")
+    assert m["first_loss"] < sft_run["metrics"]["first_loss"] * 0.8  # it starts where round 1 ended
+
+
+def test_dpo_raises_the_reward_margin(sft_run: dict, base_model: Path) -> None:
+    from tasks.dpo import train_dpo
+    from tunefold.models import load_trained
+
+    work = sft_run["work"]
+    cfg = DPOSettings(init=str(work / "adapter"), data=str(sft_run["data"]), beta=0.1, epochs=1,
+                      learning_rate=5e-4, max_steps=8, batch_size=2, max_length=128)  # fmt: skip
+    m = train_dpo(cfg, sft_run["cfg"], base_model, work / "dpo", work / "dpo_ckpt", work / "dpo.tsv")
+    assert m["pairs"] == len(QA) and m["steps"] == 8
+    assert m["last_reward_margin"] > m["first_reward_margin"] + 0.05, m
+    assert json.loads((work / "dpo" / "stack.json").read_text())["merged_adapters"] == [str(work / "adapter")]
+    load_trained(base_model, work / "dpo")  # base + SFT merged + DPO adapter
+    half = train_dpo(cfg.model_copy(update={"data_fraction": 0.5, "max_steps": 1}), sft_run["cfg"], base_model,
+                     work / "dpo_half", work / "dpo_half_ckpt", work / "dpo_half.tsv")  # fmt: skip
+    assert half["pairs"] == len(QA) // 2
+    with pytest.raises(InputError, match="no preference pairs from nope"):
+        train_dpo(cfg.model_copy(update={"sources": ["nope"]}), sft_run["cfg"], base_model, work / "x", work / "y",
+                  work / "z.tsv")  # fmt: skip
+
+
+def test_packed_batches_match_separate_sequences(base_model: Path) -> None:
+    """Padding-free packing on CPU attends within each conversation only (position ids restart per sequence).
+
+    transformers builds the block-diagonal mask only without a KV cache; trl's SFTTrainer passes use_cache=False
+    in training, as here. With the cache on, the second sequence would attend to the first.
+    """
+    import torch
+
+    from tunefold.models import load_model
+
+    model = load_model(base_model)
+    a, b = torch.tensor([[1, 504, 3458, 314, 260]]), torch.tensor([[1, 1205, 314, 4649, 47, 2367, 30]])
+    packed = torch.cat([a, b], dim=1)
+    pos = torch.cat([torch.arange(a.shape[1]), torch.arange(b.shape[1])]).unsqueeze(0)
+    with torch.no_grad():
+        together = model(input_ids=packed, position_ids=pos, use_cache=False).logits
+        apart = torch.cat([model(input_ids=a).logits, model(input_ids=b).logits], dim=1)
+    assert torch.allclose(together, apart, atol=1e-4)
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_get_clear_errors(base_model: Path, tmp_path: Path) -> None:
+    from tasks.sft import train_sft
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    data = write_data(tmp_path / "d.jsonl")
+    cases = [
+        (config(empty, base_model), base_model, "is empty: nothing to train on"),
+        (config(data, base_model), tmp_path / "no-model", "does not exist|neither"),
+        (config(data, base_model).model_copy(update={"lora": LoraSettings(target_modules=["q_proj", "qkv_magic"])}),
+         base_model, "qkv_magic not found in LlamaForCausalLM; its projection modules are: down_proj"),
+        (config(data, base_model).model_copy(update={"max_length": 16, "overlong": "reject"}), base_model,
+         "no conversation fits train.max_length=16"),
+    ]  # fmt: skip
+    for cfg, base, message in cases:
+        with pytest.raises(InputError, match=message):
+            train_sft(cfg, "r1", base, tmp_path / "out", tmp_path / "ck", tmp_path / "c.tsv")
+
+
+def test_overlong_rows_are_counted_or_rejected(base_model: Path, tmp_path: Path) -> None:
+    from tasks.sft import train_sft
+
+    data = write_data(tmp_path / "d.jsonl")
+    long = make_record([Message(role="user", content="Tell me a long story."),
+                        Message(role="assistant", content="Once upon a time " * 60)], "t:long")  # fmt: skip
+    with data.open("a") as f:
+        f.write(long.model_dump_json() + "\n")
+    cfg = config(data, base_model, max_steps=1)
+    m = train_sft(cfg, "r1", base_model, tmp_path / "a", tmp_path / "ca", tmp_path / "a.tsv")
+    assert (m["over_max_length"], m["truncated"], m["rejected_overlong"]) == (1, 1, 0)
+    cfg = cfg.model_copy(update={"overlong": "reject"})
+    m = train_sft(cfg, "r1", base_model, tmp_path / "b", tmp_path / "cb", tmp_path / "b.tsv")
+    assert (m["truncated"], m["rejected_overlong"], m["conversations"]) == (0, 1, len(QA) + 1)
+    dropped = [json.loads(x) for x in (tmp_path / "b" / "rejected_overlong.jsonl").read_text().splitlines()]
+    assert [d["id"] for d in dropped] == [long.id] and "max_length=128" in dropped[0]["reason"]
+
+
+# --- kill and resume ---------------------------------------------------------------------------------------------
+
+
+def stage_params(tmp_path: Path, data: Path, base: Path, lr: float) -> Path:
+    params = {
+        "ingest": {"sources": [{"path": "unused.jsonl"}]},
+        "train": config(data, base, max_steps=8, learning_rate=lr).model_dump(mode="json"),
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def run_sft(tmp_path: Path, params: Path, base: Path, env: dict | None = None, **popen) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "tasks.sft", "--params", str(params), "--round", "r1", "--base", str(base),
+           "--out", str(tmp_path / "adapter"), "--checkpoints", str(tmp_path / "ckpt"),
+           "--curve", str(tmp_path / "loss.tsv"), "--metrics", str(tmp_path / "m.json")]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, **popen)
+
+
+def test_sigkill_mid_training_resumes_to_the_same_step_count(base_model: Path, tmp_path: Path) -> None:
+    data = write_data(tmp_path / "d.jsonl")
+    params = stage_params(tmp_path, data, base_model, 1e-3)
+    proc = run_sft(tmp_path, params, base_model, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "ckpt" / "checkpoint-4").exists() and time.monotonic() < deadline:
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "adapter").exists()
+
+    # a changed learning rate must not resume the unfinished run...
+    changed = stage_params(tmp_path, data, base_model, 5e-4)
+    refused = run_sft(tmp_path, changed, base_model, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = refused.communicate()
+    assert refused.returncode == 2 and "unfinished run with different data or training params" in err
+    # ...the original params resume it
+    params = stage_params(tmp_path, data, base_model, 1e-3)
+    done = run_sft(tmp_path, params, base_model, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = done.communicate()
+    assert done.returncode == 0, err
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["steps"] == 8 and m["resumed_from_step"] >= 4
+    steps = [int(line.split("\t")[0]) for line in (tmp_path / "loss.tsv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 9))  # the curve spans both runs
+    forced = run_sft(tmp_path, changed, base_model, env={"TUNEFOLD_FORCE_RESTART": "1"}, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)  # fmt: skip
+    assert forced.wait() == 0  # the finished run is never resumed: new params start fresh without forcing

@@ -1,0 +1,235 @@
+"""Machinery shared by the SFT and DPO stages: device policy, base model + LoRA, the training chat template,
+length accounting, resume guards and loss curves. Heavy libraries are imported inside the functions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunefold.config import LoraSettings, TrainConfig
+from tunefold.errors import InputError
+from tunefold.io import write_json, write_text
+from tunefold.records import Record
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+# sha256 of a model family's own chat template -> the project's training version of it (same rendering, plus
+# {% generation %} markers around each assistant answer and its end-of-turn token).
+TRAINING_TEMPLATES = {
+    "872be49dbb638044ad01b60388f48d469ff2980e5f0dccdc22ec907db54d0788": "smollm2_training.jinja",
+}
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """CUDA when present: bf16, gradient checkpointing, optional 4-bit QLoRA. Else CPU: fp32, no checkpointing."""
+
+    device: str
+    bf16: bool
+    gradient_checkpointing: bool
+    qlora: bool
+
+    def trainer_args(self) -> dict[str, Any]:
+        return {
+            "use_cpu": self.device == "cpu",
+            "bf16": self.bf16,
+            "activation_checkpointing": self.gradient_checkpointing,
+        }
+
+
+def plan_device(cfg: TrainConfig) -> DevicePlan:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not cuda:
+        raise InputError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    if cfg.qlora and not (cuda and cfg.device != "cpu"):
+        raise InputError("train.qlora needs a CUDA device (bitsandbytes 4-bit); set train.qlora: false on CPU")
+    if cuda and cfg.device != "cpu":
+        return DevicePlan("cuda", torch.cuda.is_bf16_supported(), True, cfg.qlora)
+    return DevicePlan("cpu", False, False, False)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def training_template(tokenizer: PreTrainedTokenizerBase, override: str | None = None) -> tuple[str, str]:
+    """A chat template whose assistant turns are marked with {% generation %}, so only they carry loss.
+
+    Returns (template, source). It renders exactly like the model's own template; the end-of-turn token sits
+    inside the markers, so the model learns to stop.
+    """
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise InputError(f"train.chat_template: {path} does not exist")
+        template = path.read_text(encoding="utf-8")
+        if not has_generation_markers(template):
+            raise InputError(f"train.chat_template: {path} has no {{% generation %}} markers")
+        return template, str(path)
+    own = tokenizer.chat_template
+    if not isinstance(own, str) or not own:
+        raise InputError("the base model has no chat template; set train.chat_template to one with markers")
+    if has_generation_markers(own):
+        return own, "model"
+    name = TRAINING_TEMPLATES.get(sha256_text(own))
+    if name:
+        return resources.files("tunefold.templates").joinpath(name).read_text(encoding="utf-8"), f"tunefold:{name}"
+    try:
+        patched = get_training_chat_template(tokenizer)
+    except Exception as e:  # trl raises for families it does not know
+        raise InputError(
+            "the base model's chat template has no {% generation %} markers and neither tunefold nor trl knows a "
+            "training version of it; write one and set train.chat_template to its path"
+        ) from e
+    return (patched or own), "trl"
+
+
+def load_base(model_dir: Path, plan: DevicePlan) -> PreTrainedModel:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not (model_dir / "config.json").exists():
+        raise InputError(f"base model {model_dir} does not exist; run the prepare_model stage first")
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if plan.bf16 else torch.float32}
+    if plan.qlora:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )  # fmt: skip
+    if plan.device == "cuda":
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+
+
+def lora_config(cfg: LoraSettings, model: PreTrainedModel) -> Any:
+    """A peft LoraConfig, after checking that every target module exists in this model."""
+    from peft import LoraConfig
+
+    leaves = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if hasattr(mod, "weight")}
+    missing = [t for t in cfg.target_modules if t not in leaves]
+    if missing:
+        linear = sorted(n for n in leaves if n.endswith("proj") or n in ("c_attn", "query_key_value", "fc1", "fc2"))
+        raise InputError(
+            f"train.lora.target_modules: {', '.join(missing)} not found in {type(model).__name__}; "
+            f"its projection modules are: {', '.join(linear) or ', '.join(sorted(leaves))}"
+        )
+    return LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )  # fmt: skip
+
+
+def read_records(path: Path) -> list[Record]:
+    if not path.exists():
+        raise InputError(f"training data {path} does not exist")
+    with path.open(encoding="utf-8") as f:
+        records = [Record.model_validate_json(line) for line in f if line.strip()]
+    if not records:
+        raise InputError(f"training data {path} is empty: nothing to train on")
+    return records
+
+
+def fit_lengths(
+    conversations: list[list[dict[str, str]]],
+    tokenizer: PreTrainedTokenizerBase,
+    template: str,
+    max_length: int,
+    overlong: str,
+) -> tuple[list[int], dict[str, int]]:
+    """Indices to train on, and counts: conversations over `max_length` tokens are kept (trl truncates them;
+    counted) or rejected, per `train.overlong`."""
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, chat_template=template) for c in conversations]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    over = [i for i, n in enumerate(lengths) if n > max_length]
+    keep = [i for i in range(len(conversations)) if overlong == "truncate" or i not in set(over)]
+    stats = {
+        "conversations": len(conversations),
+        "over_max_length": len(over),
+        "truncated": len(over) if overlong == "truncate" else 0,
+        "rejected_overlong": len(over) if overlong == "reject" else 0,
+        "tokens": sum(min(lengths[i], max_length) for i in keep),
+    }
+    return keep, stats
+
+
+def fingerprint(**parts: Any) -> str:
+    return sha256_text(json.dumps(parts, sort_keys=True, default=str))[:16]
+
+
+class ResumeGuard:
+    """Decides whether a checkpoint directory may be resumed: only by a run with the same data and params.
+
+    A finished run's checkpoints are never resumed; an unfinished one with a different fingerprint is refused
+    (it would silently mix two trainings) unless forced, which discards it.
+    """
+
+    FILE = "run.json"
+
+    def __init__(self, ckpt_dir: Path, fp: str, force: bool) -> None:
+        self.dir, self.fp, self.force = ckpt_dir, fp, force
+
+    def resume_point(self) -> str | None:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        state_file = self.dir / self.FILE
+        state = json.loads(state_file.read_text()) if state_file.exists() else None
+        last = get_last_checkpoint(str(self.dir)) if self.dir.is_dir() else None
+        if last and state and not state.get("completed"):
+            if state["fingerprint"] == self.fp:
+                log.info("resuming from %s", last)
+                return last
+            if not self.force:
+                raise InputError(
+                    f"{self.dir} holds an unfinished run with different data or training params "
+                    f"(fingerprint {state['fingerprint']}, now {self.fp}); resuming would mix two trainings. "
+                    "Re-run with TUNEFOLD_FORCE_RESTART=1 to discard it and start over."
+                )
+            log.warning("discarding unfinished checkpoints in %s (forced restart)", self.dir)
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        write_json(state_file, {"fingerprint": self.fp, "completed": False})
+        return None
+
+    def complete(self) -> None:
+        write_json(self.dir / self.FILE, {"fingerprint": self.fp, "completed": True})
+
+
+CURVE_KEYS = ("loss", "learning_rate", "grad_norm", "rewards/margins", "rewards/accuracies", "num_tokens")
+
+
+def write_curve(log_history: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    """Loss curve as TSV for `dvc plots`: one row per logged step (the history survives a resume)."""
+    rows = [
+        {"step": e["step"], **{k: e[k] for k in CURVE_KEYS if k in e}}
+        for e in log_history
+        if "loss" in e and "step" in e
+    ]
+    cols = ["step", *[k for k in CURVE_KEYS if any(k in r for r in rows)]]
+    lines = ["\t".join(c.replace("/", "_") for c in cols)]
+    lines += ["\t".join(str(r.get(c, "")) for c in cols) for r in rows]
+    write_text(path, "\n".join(lines) + "\n")
+    return rows
