@@ -63,9 +63,25 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def shrink_training(repo: Path) -> None:
+    """Two curriculum rounds and DPO of a couple of steps each: the real stages, on a test budget."""
+    import yaml
+
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    rounds = params["train"]["rounds"]
+    rounds["r1"] |= {"max_steps": 2}
+    rounds["r2"] = {"data": rounds["r1"]["data"], "init": "models/sft/r1/adapter", "epochs": 1,
+                    "learning_rate": 1.0e-4, "max_steps": 1}  # fmt: skip
+    params["train"] |= {"max_length": 256, "save_steps": 1}
+    params["dpo"] |= {"init": "models/sft/r2/adapter", "max_steps": 2, "max_length": 256}
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.fixture(scope="session")
 def reproduced_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy on which `dvc repro` has run the whole pipeline once."""
-    repo = copy_project(tmp_path_factory.mktemp("repo"))
+    """A project copy (with two small training rounds) on which `dvc repro` has run the whole pipeline once."""
+    repo = copy_project(tmp_path_factory.mktemp("repo") / "project")
+    shrink_training(repo)
     run([sys.executable, "-m", "dvc", "repro"], repo)
     return repo

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 def dvc_edges(repo: Path) -> set[tuple[str, str]]:
     dot = run([*DVC, "dag", "--dot"], repo).stdout
-    return {(a, b) for a, b in re.findall(r'"?([\w.:-]+)"?\s*->\s*"?([\w.:-]+)"?', dot)}
+    return {(a, b) for a, b in re.findall(r'"([^"]+)"\s*->\s*"([^"]+)"', dot)}
 
 
 def test_flow_graph_is_dvc_graph() -> None:
@@ -52,9 +52,37 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
     assert ingest["duplicates_normalized"] == 1
     assert (repo / "models/base/model.safetensors").exists()
     assert (repo / "reports/validate/report.md").exists()
+    for stage in ("sft/r1", "sft/r2", "dpo"):
+        assert (repo / f"models/{stage}/adapter/adapter_model.safetensors").exists()
+    assert json.loads((repo / "metrics/sft/r2.json").read_text())["steps"] == 1
+    assert json.loads((repo / "metrics/dpo.json").read_text())["pairs"] == 12
+    shown = run([*DVC, "plots", "show", "--json"], repo).stdout
+    assert "metrics/sft/r1_loss.tsv" in shown and "metrics/dpo_loss.tsv" in shown
     again = run([*DVC, "repro"], repo).stdout
     assert "Data and pipelines are up to date" in again
     assert "Data and pipelines are up to date" in run([*DVC, "status"], repo).stdout
+
+
+def test_changing_round_two_does_not_retrain_round_one(reproduced_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["rounds"]["r2"]["learning_rate"] = 3.0e-4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run([*DVC, "repro"], repo).stdout
+    assert "Stage 'sft@r1' didn't change, skipping" in out
+    assert "Running stage 'sft@r2'" in out and "Running stage 'dpo'" in out
+
+
+def test_dvc_push_to_the_default_local_remote(reproduced_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "project"
+    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    out = run([*DVC, "push"], repo).stdout
+    store = tmp_path / "tunefold-dvc-store"
+    assert store.is_dir() and any(store.rglob("*")), out
+    shutil.rmtree(repo / "models")
+    run([*DVC, "pull"], repo)
+    assert (repo / "models/dpo/adapter/adapter_model.safetensors").exists()
 
 
 def test_changing_a_param_reruns_only_downstream(reproduced_repo: Path, tmp_path: Path) -> None:
@@ -64,7 +92,7 @@ def test_changing_a_param_reruns_only_downstream(reproduced_repo: Path, tmp_path
     params["validate"]["max_tokens"] = 4096
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run([*DVC, "repro"], repo).stdout
-    assert "Running stage 'validate'" in out
+    assert "Running stage 'validate'" in out and "Stage 'sft@r1' didn't change, skipping" in out
     assert "Running stage 'ingest'" not in out and "Running stage 'prepare_model'" not in out
     assert "Data and pipelines are up to date" in run([*DVC, "status"], repo).stdout
 
@@ -136,8 +164,11 @@ asyncio.run(main())
 """
     found = json.loads(run([sys.executable, "-c", query], repo, env=prefect_server).stdout.strip().splitlines()[-1])
     assert [state for _, state in found["flows"]] == ["COMPLETED"]
-    assert found["tasks"] == [["ingest", "COMPLETED"], ["prepare_model", "COMPLETED"], ["validate", "COMPLETED"]]
-    assert {"stage-ingest", "stage-validate", "stage-prepare-model"} <= set(found["artifacts"])
+    stages = ["dpo", "ingest", "prepare_model", "sft@r1", "sft@r2", "validate"]
+    assert found["tasks"] == [[name, "COMPLETED"] for name in stages]
+    assert {"stage-ingest", "stage-validate", "stage-prepare-model", "stage-sft-r1", "stage-dpo"} <= set(
+        found["artifacts"]
+    )
 
 
 def test_failing_stage_fails_the_flow_without_a_server(reproduced_repo: Path, tmp_path: Path) -> None:
