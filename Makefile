@@ -46,6 +46,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest_validate.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/training.py
 
 clean:
 	rm -rf $(VENV)

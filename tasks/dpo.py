@@ -27,6 +27,7 @@ from tunefold.training import (
     ResumeGuard,
     file_hash,
     fingerprint,
+    is_main_process,
     load_base,
     lora_config,
     plan_device,
@@ -110,6 +111,8 @@ def train_dpo(
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
+    if not is_main_process():
+        return {}
     with atomic_dir(out_dir) as tmp:
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

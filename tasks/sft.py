@@ -24,6 +24,7 @@ from tunefold.training import (
     file_hash,
     fingerprint,
     fit_lengths,
+    is_main_process,
     load_base,
     lora_config,
     plan_device,
@@ -112,6 +113,8 @@ def train_sft(
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
 
+    if not is_main_process():
+        return {}
     with atomic_dir(out_dir) as tmp:
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -12,7 +12,7 @@ from tests.conftest import ROOT, run
 CLI = [sys.executable, "-m", "tunefold.cli"]
 
 
-@pytest.mark.parametrize("sub", [[], ["run"], ["stage"], ["status"], ["params"], ["dag"], ["llm-check"]])
+@pytest.mark.parametrize("sub", [[], ["run"], ["stage"], ["status"], ["params"], ["dag"], ["llm-check"], ["export"]])
 def test_help(sub: list[str]) -> None:
     out = run([*CLI, *sub, "--help"], ROOT).stdout
     assert "usage: tunefold" in out

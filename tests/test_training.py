@@ -132,7 +132,7 @@ def test_trained_model_stops_after_a_short_answer(sft_run: dict, base_model: Pat
     assert stops >= len(QA) - 1, f"only {stops}/{len(QA)} short answers ended with <|im_end|>"
 
 
-def test_adapter_reloads_and_merges_with_the_same_logits(sft_run: dict, base_model: Path) -> None:
+def test_adapter_reloads_merges_and_exports_with_the_same_logits(sft_run: dict, base_model: Path) -> None:
     import torch
     from peft import PeftModel
 
@@ -145,6 +145,13 @@ def test_adapter_reloads_and_merges_with_the_same_logits(sft_run: dict, base_mod
         base = load_model(base_model)(ids).logits
     assert torch.allclose(adapter, merged, atol=1e-4)
     assert not torch.allclose(adapter, base, atol=1e-3)
+    out = sft_run["work"] / "merged"
+    cmd = [sys.executable, "-m", "tunefold.cli", "export", str(sft_run["work"] / "adapter"), str(out),
+           "--base", str(base_model)]  # fmt: skip
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    with torch.no_grad():
+        exported = load_model(out)(ids).logits
+    assert torch.allclose(exported, merged, atol=1e-4)
 
 
 def test_second_round_continues_from_the_first(sft_run: dict, base_model: Path) -> None:

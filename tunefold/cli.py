@@ -19,6 +19,7 @@ examples:
   tunefold status               what is stale, and each stage's latest metrics
   tunefold params               check params.yaml and print the resolved configuration
   tunefold llm-check            one request to each LLM role's endpoint (teacher, judge)
+  tunefold export models/dpo/adapter merged/   base + adapters merged into one plain checkpoint
 """
 
 
@@ -111,6 +112,20 @@ def cmd_llm_check(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    """Merge an adapter (and the adapters under it) into the base: a plain checkpoint for vLLM, llama.cpp, hubs."""
+    from tunefold.io import atomic_dir
+    from tunefold.models import load_tokenizer, load_trained
+
+    model = load_trained(a.base, a.adapter)
+    tokenizer = load_tokenizer(a.adapter if (a.adapter / "tokenizer_config.json").exists() else a.base)
+    with atomic_dir(a.out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    print(f"merged {a.adapter} into {a.base}: {a.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunefold",
@@ -151,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dag", help="stages in run order with their upstream stages")
     p.set_defaults(func=cmd_dag)
+
+    p = sub.add_parser(
+        "export",
+        help="merge a trained adapter into the base model and save a plain checkpoint",
+        description="Write base + adapter (+ the adapters it was trained on top of) as one merged checkpoint.",
+    )
+    p.add_argument("adapter", type=Path, help="adapter directory, e.g. models/dpo/adapter")
+    p.add_argument("out", type=Path, help="directory for the merged checkpoint")
+    p.add_argument("--base", type=Path, default=Path("models/base"), help="base model (default: %(default)s)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "llm-check",

@@ -181,6 +181,32 @@ class DPOSettings(Section):
     max_length: int = Field(512, ge=16)
 
 
+class CandidateSettings(Section):
+    """A model to evaluate: the base plus an adapter, or any OpenAI-compatible endpoint serving it."""
+
+    model_id: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="name in answer and judgment files")
+    adapter: str | None = Field(None, description="adapter directory on top of models/base (None: the base itself)")
+    base_url: str | None = Field(None, description="generate through this OpenAI-compatible endpoint instead")
+    model: str | None = Field(None, description="model id at base_url")
+
+
+class MTBenchSettings(Section):
+    questions: str = "data/benchmarks/mt_bench_mini/question.jsonl"
+    references: str | None = "data/benchmarks/mt_bench_mini/reference_answer/tunefold-reference.jsonl"
+    judge_prompts: str | None = Field(None, description="FastChat judge_prompts.jsonl to use its exact prompts")
+    question_ids: list[int] = Field(default_factory=list, description="only these questions (empty: all)")
+    pairwise: bool = Field(True, description="also judge candidate vs baseline in both orders")
+
+
+class EvalConfig(Section):
+    candidate: CandidateSettings = CandidateSettings(model_id="candidate", adapter="models/dpo/adapter")
+    baseline: CandidateSettings = CandidateSettings(model_id="base")
+    mt_bench: MTBenchSettings = MTBenchSettings()
+    max_new_tokens: int = Field(1024, ge=1)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+
+
 class OrchestrationConfig(Section):
     retries: dict[str, int] = Field(default_factory=dict, description="Prefect retries per stage name")
     retry_delay_seconds: float = Field(10.0, ge=0)
@@ -193,6 +219,7 @@ class Params(Section):
     llm: LLMConfig = LLMConfig()
     train: TrainConfig | None = None
     dpo: DPOSettings | None = None
+    eval: EvalConfig = EvalConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -86,7 +87,7 @@ def stage_main(
     if llm is not None:
         metrics["llm"] = llm
     metrics["seconds"] = round(time.perf_counter() - start, 3)
-    if args.metrics:
+    if args.metrics and int(os.environ.get("RANK", "0")) == 0:  # one writer under `accelerate launch`
         write_json(args.metrics, metrics)
     log.info("%s done in %.1fs", name, metrics["seconds"])
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -119,8 +120,8 @@ def load_base(model_dir: Path, plan: DevicePlan) -> PreTrainedModel:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )  # fmt: skip
-    if plan.device == "cuda":
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    if plan.device == "cuda":  # one full copy per process; under `accelerate launch` each rank takes its own GPU
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
 
 
@@ -179,6 +180,11 @@ def fingerprint(**parts: Any) -> str:
     return sha256_text(json.dumps(parts, sort_keys=True, default=str))[:16]
 
 
+def is_main_process() -> bool:
+    """Rank 0 (or no distributed launch): the one process that writes outputs."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 class ResumeGuard:
     """Decides whether a checkpoint directory may be resumed: only by a run with the same data and params.
 
@@ -208,10 +214,11 @@ class ResumeGuard:
                     "Re-run with TUNEFOLD_FORCE_RESTART=1 to discard it and start over."
                 )
             log.warning("discarding unfinished checkpoints in %s (forced restart)", self.dir)
-        if self.dir.exists():
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
-        write_json(state_file, {"fingerprint": self.fp, "completed": False})
+        if is_main_process():  # other ranks of a distributed launch only read
+            if self.dir.exists():
+                shutil.rmtree(self.dir)
+            self.dir.mkdir(parents=True)
+            write_json(state_file, {"fingerprint": self.fp, "completed": False})
         return None
 
     def complete(self) -> None:

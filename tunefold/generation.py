@@ -1,0 +1,87 @@
+"""Batched answer generation with transformers: left padding, KV cache, length-sorted batches.
+
+Prompts with the same sampling settings are batched together (greedy ones never share a batch with sampled
+ones); sampled batches are seeded, so a re-run gives the same text.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    messages: list[dict[str, str]]
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    new_tokens: int
+    stopped: bool  # ended with the end-of-turn token rather than hitting max_new_tokens
+
+
+class Generator:
+    """Generates chat answers for many prompts at once on the model's device."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int = 8,
+        max_new_tokens: int = 1024,
+        seed: int = 0,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.seed = seed
+        tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.tokens_generated = 0
+
+    def generate(self, prompts: Sequence[Prompt]) -> list[Generated]:
+        texts = [self.tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True)
+                 for p in prompts]  # fmt: skip
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        groups: dict[float, list[int]] = {}
+        for i in sorted(range(len(prompts)), key=lambda i: -lengths[i]):  # similar lengths share a batch
+            groups.setdefault(prompts[i].temperature, []).append(i)
+        out: list[Generated | None] = [None] * len(prompts)
+        for temperature, members in groups.items():
+            for start in range(0, len(members), self.batch_size):
+                idx = members[start : start + self.batch_size]
+                for i, g in zip(idx, self._batch([texts[i] for i in idx], temperature, start), strict=True):
+                    out[i] = g
+        return [g for g in out if g is not None]
+
+    def _batch(self, texts: list[str], temperature: float, offset: int) -> list[Generated]:
+        import torch
+
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        torch.manual_seed(self.seed + offset)
+        eos = self.tokenizer.eos_token_id
+        with torch.no_grad():
+            ids = self.model.generate(
+                **batch, max_new_tokens=self.max_new_tokens, eos_token_id=eos,
+                pad_token_id=self.tokenizer.pad_token_id, **sampling,
+            )  # fmt: skip
+        results = []
+        for row in ids[:, batch["input_ids"].shape[1] :].tolist():
+            stopped = eos in row
+            row = row[: row.index(eos)] if stopped else row
+            self.tokens_generated += len(row)
+            results.append(Generated(self.tokenizer.decode(row, skip_special_tokens=True).strip(), len(row), stopped))
+        return results

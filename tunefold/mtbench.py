@@ -1,0 +1,188 @@
+"""MT-Bench: the official file formats (FastChat's llm_judge), judge-prompt selection and score aggregation.
+
+Questions: `{question_id, category, turns: [t1, t2], reference?}`. Answers and references:
+`{question_id, answer_id, model_id, choices: [{index, turns}], tstamp}`. Judgments follow FastChat's
+`model_judgment/<judge>_single.jsonl` and `<judge>_pair.jsonl` rows. A rating that cannot be parsed is stored as
+-1 (FastChat's convention) and counted as a failure; it never enters a mean.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tunefold.errors import InputError
+
+# Per-category sampling temperature of MT-Bench's answer generation.
+TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
+               "stem": 0.1, "humanities": 0.1}  # fmt: skip
+NEED_REFERENCE = ("math", "reasoning", "coding")
+OWN_PROMPTS = {  # (type, with reference, multi-turn) -> template name in tunefold/templates/judge_prompts.jsonl
+    ("single", False, False): "tunefold-single", ("single", True, False): "tunefold-single-ref",
+    ("single", False, True): "tunefold-single-multi-turn", ("single", True, True): "tunefold-single-ref-multi-turn",
+    ("pairwise", False, False): "tunefold-pair", ("pairwise", True, False): "tunefold-pair-ref",
+    ("pairwise", False, True): "tunefold-pair-multi-turn", ("pairwise", True, True): "tunefold-pair-ref-multi-turn",
+}  # fmt: skip
+FASTCHAT_PROMPTS = {
+    ("single", False, False): "single-v1", ("single", True, False): "single-math-v1",
+    ("single", False, True): "single-v1-multi-turn", ("single", True, True): "single-math-v1-multi-turn",
+    ("pairwise", False, False): "pair-v2", ("pairwise", True, False): "pair-math-v1",
+    ("pairwise", False, True): "pair-v2-multi-turn", ("pairwise", True, True): "pair-math-v1-multi-turn",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Question:
+    question_id: int
+    category: str
+    turns: list[str]
+    reference: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    name: str
+    type: str
+    system_prompt: str
+    prompt_template: str
+    output_format: str
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{lineno}: malformed JSON ({e.msg})") from e
+    return rows
+
+
+def load_questions(path: Path, references: Path | None = None, ids: list[int] | None = None) -> list[Question]:
+    """Questions in FastChat's format, with reference answers (answer-row format) attached by question_id."""
+    refs: dict[int, list[str]] = {}
+    if references is not None:
+        for row in _jsonl(references):
+            refs[int(row["question_id"])] = list(row["choices"][0]["turns"])
+    questions = []
+    for n, row in enumerate(_jsonl(path), 1):
+        missing = [k for k in ("question_id", "category", "turns") if k not in row]
+        if missing or not isinstance(row.get("turns"), list) or not row["turns"]:
+            raise InputError(f"{path}:{n}: not an MT-Bench question (needs question_id, category, turns)")
+        qid = int(row["question_id"])
+        if ids and qid not in ids:
+            continue
+        ref = refs.get(qid) or row.get("reference")
+        questions.append(Question(qid, row["category"], list(row["turns"]), list(ref) if ref else None))
+    if not questions:
+        raise InputError(f"{path}: no questions" + (f" with ids {ids}" if ids else ""))
+    return questions
+
+
+def load_judge_prompts(path: Path | None) -> dict[tuple[str, bool, bool], JudgePrompt]:
+    """The project's own judge prompts, or FastChat's `judge_prompts.jsonl` (same fields and placeholders)."""
+    if path is None:
+        text = resources.files("tunefold.templates").joinpath("judge_prompts.jsonl").read_text(encoding="utf-8")
+        rows, names = [json.loads(line) for line in text.splitlines() if line.strip()], OWN_PROMPTS
+    else:
+        rows, names = _jsonl(path), FASTCHAT_PROMPTS
+    by_name = {r["name"]: r for r in rows}
+    missing = sorted(set(names.values()) - set(by_name))
+    if missing:
+        raise InputError(f"{path or 'tunefold judge prompts'}: missing prompt(s) {', '.join(missing)}")
+    fields = ("name", "type", "system_prompt", "prompt_template", "output_format")
+    return {key: JudgePrompt(**{f: by_name[name][f] for f in fields}) for key, name in names.items()}
+
+
+def answer_row(question_id: int, model_id: str, turns: list[str], tstamp: float) -> dict[str, Any]:
+    return {"question_id": question_id, "answer_id": f"{model_id}-{question_id}", "model_id": model_id,
+            "choices": [{"index": 0, "turns": turns}], "tstamp": tstamp}  # fmt: skip
+
+
+def load_answers(path: Path) -> dict[int, list[str]]:
+    """question_id -> answer turns; a partly written last line (a killed run) is ignored."""
+    answers: dict[int, list[str]] = {}
+    if not path.exists():
+        return answers
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        answers[int(row["question_id"])] = list(row["choices"][0]["turns"])
+    return answers
+
+
+def single_messages(p: JudgePrompt, q: Question, answers: list[str], turn: int) -> list[dict[str, str]]:
+    """Judge messages for one turn (1-based); turn 2 shows the whole conversation."""
+    ref = q.reference or ["", ""]
+    if turn == 1:
+        user = p.prompt_template.format(question=q.turns[0], answer=answers[0], ref_answer_1=ref[0])
+    else:
+        user = p.prompt_template.format(question_1=q.turns[0], answer_1=answers[0], question_2=q.turns[1],
+                                        answer_2=answers[1], ref_answer_1=ref[0], ref_answer_2=ref[1])  # fmt: skip
+    return [{"role": "system", "content": p.system_prompt}, {"role": "user", "content": user}]
+
+
+def pair_messages(p: JudgePrompt, q: Question, a: list[str], b: list[str], turn: int) -> list[dict[str, str]]:
+    ref = q.reference or ["", ""]
+    if turn == 1:
+        user = p.prompt_template.format(question=q.turns[0], answer_a=a[0], answer_b=b[0], ref_answer_1=ref[0])
+    else:
+        user = p.prompt_template.format(question_1=q.turns[0], question_2=q.turns[1], answer_a_1=a[0],
+                                        answer_a_2=a[1], answer_b_1=b[0], answer_b_2=b[1], ref_answer_1=ref[0],
+                                        ref_answer_2=ref[1])  # fmt: skip
+    return [{"role": "system", "content": p.system_prompt}, {"role": "user", "content": user}]
+
+
+def prompt_for(prompts: dict[tuple[str, bool, bool], JudgePrompt], kind: str, q: Question, turn: int) -> JudgePrompt:
+    with_ref = q.category in NEED_REFERENCE and q.reference is not None
+    return prompts[(kind, with_ref, turn == 2)]
+
+
+def combine_orders(g1: str | None, g2: str | None) -> str:
+    """FastChat's rule for the two orders: a win only when both agree; disagreement or any tie is a tie.
+
+    g1 is the verdict with the candidate shown as A, g2 with it shown as B, both already mapped to
+    'model_1' / 'model_2' / 'tie' / None (parse failure).
+    """
+    if g1 is None or g2 is None:
+        return "error"
+    return g1 if g1 == g2 else "tie"
+
+
+def aggregate_single(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean rating overall, per turn and per category; failures (score -1) counted, never averaged."""
+    scores: dict[str, list[float]] = defaultdict(list)
+    failures: dict[str, int] = defaultdict(int)
+    for r in rows:
+        keys = ("overall", f"turn_{r['turn']}", f"category/{r['category']}")
+        if r["score"] < 0:
+            for k in keys:
+                failures[k] += 1
+            continue
+        for k in keys:
+            scores[k].append(float(r["score"]))
+    out: dict[str, Any] = {}
+    for k in sorted(set(scores) | set(failures)):
+        vals = scores.get(k, [])
+        out[k] = {"mean": round(sum(vals) / len(vals), 3) if vals else None, "judged": len(vals),
+                  "parse_failures": failures.get(k, 0)}  # fmt: skip
+    return out
+
+
+def aggregate_pairs(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Win / tie / loss of model_1 against model_2, errors apart; win rate = (win + tie/2) / decided."""
+    counts = {"win": 0, "tie": 0, "loss": 0, "error": 0}
+    for r in rows:
+        counts[{"model_1": "win", "model_2": "loss", "tie": "tie"}.get(r["result"], "error")] += 1
+    decided = counts["win"] + counts["tie"] + counts["loss"]
+    rate = (counts["win"] + 0.5 * counts["tie"]) / decided if decided else None
+    return counts | {"win_rate": round(rate, 4) if rate is not None else None}
