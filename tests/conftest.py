@@ -64,7 +64,8 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def shrink_training(repo: Path) -> None:
-    """Two curriculum rounds and DPO of a couple of steps each: the real stages, on a test budget."""
+    """Two curriculum rounds and DPO of a couple of steps each, one MT-Bench question with short answers:
+    the real stages, on a test budget."""
     import yaml
 
     path = repo / "params.yaml"
@@ -75,6 +76,9 @@ def shrink_training(repo: Path) -> None:
                     "learning_rate": 1.0e-4, "max_steps": 1}  # fmt: skip
     params["train"] |= {"max_length": 256, "save_steps": 1}
     params["dpo"] |= {"init": "models/sft/r2/adapter", "max_steps": 2, "max_length": 256}
+    params["eval"]["mt_bench"]["question_ids"] = [5]
+    params["eval"] |= {"max_new_tokens": 16}
+    params["llm"]["judge"] |= {"max_tokens": 48}
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

@@ -56,6 +56,10 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
         assert (repo / f"models/{stage}/adapter/adapter_model.safetensors").exists()
     assert json.loads((repo / "metrics/sft/r2.json").read_text())["steps"] == 1
     assert json.loads((repo / "metrics/dpo.json").read_text())["pairs"] == 12
+    mt = json.loads((repo / "metrics/mt_bench.json").read_text())
+    judged = mt["candidate"]["overall"]
+    assert judged["judged"] + judged["parse_failures"] == 2  # one question, two turns: every rating accounted for
+    assert (repo / f"data/eval/model_judgment/{mt['judge']}_pair.jsonl").exists()
     shown = run([*DVC, "plots", "show", "--json"], repo).stdout
     assert "metrics/sft/r1_loss.tsv" in shown and "metrics/dpo_loss.tsv" in shown
     again = run([*DVC, "repro"], repo).stdout
@@ -164,7 +168,7 @@ asyncio.run(main())
 """
     found = json.loads(run([sys.executable, "-c", query], repo, env=prefect_server).stdout.strip().splitlines()[-1])
     assert [state for _, state in found["flows"]] == ["COMPLETED"]
-    stages = ["dpo", "ingest", "prepare_model", "sft@r1", "sft@r2", "validate"]
+    stages = ["dpo", "generate", "ingest", "mt_bench", "prepare_model", "sft@r1", "sft@r2", "validate"]
     assert found["tasks"] == [[name, "COMPLETED"] for name in stages]
     assert {"stage-ingest", "stage-validate", "stage-prepare-model", "stage-sft-r1", "stage-dpo"} <= set(
         found["artifacts"]

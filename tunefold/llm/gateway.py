@@ -155,6 +155,7 @@ class Gateway:
         self._endpoints: dict[str, _Endpoint] = {}
         self._lock = threading.Lock()
         self._inflight: dict[str, tuple[threading.Lock, int]] = {}
+        self._extra: dict[str, EndpointConfig] = {}
 
     def __enter__(self) -> Gateway:
         return self
@@ -177,10 +178,16 @@ class Gateway:
                 self._endpoints[role] = self._connect(role)
             return self._endpoints[role]
 
+    def add_role(self, role: str, cfg: EndpointConfig) -> None:
+        """Another endpoint beside teacher and judge, e.g. a candidate model served by vLLM for answer generation."""
+        with self._lock:
+            self._extra[role] = cfg
+            self._endpoints.pop(role, None)
+
     def _connect(self, role: str) -> _Endpoint:
         from openai import OpenAI
 
-        cfg: EndpointConfig | None = getattr(self.cfg, role, None)
+        cfg: EndpointConfig | None = self._extra.get(role) or getattr(self.cfg, role, None)
         if not isinstance(cfg, EndpointConfig):
             raise TunefoldError(f"unknown LLM role {role!r}; params.yaml llm has teacher and judge")
         if cfg.base_url:

@@ -1,0 +1,103 @@
+"""MT-Bench formats, prompt selection and aggregation on hand-written data with known answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED
+from tunefold.errors import InputError
+from tunefold.mtbench import (
+    aggregate_pairs,
+    aggregate_single,
+    combine_orders,
+    load_answers,
+    load_judge_prompts,
+    load_questions,
+    pair_messages,
+    prompt_for,
+    single_messages,
+)
+
+OFFICIAL = SHARED / "benchmarks" / "mt_bench"
+MINI = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "mt_bench_mini"
+
+
+def test_single_aggregation_keeps_failures_out_of_means() -> None:
+    rows = [
+        {"question_id": 1, "turn": 1, "category": "math", "score": 8},
+        {"question_id": 1, "turn": 2, "category": "math", "score": -1},  # unparseable
+        {"question_id": 2, "turn": 1, "category": "writing", "score": 5},
+        {"question_id": 2, "turn": 2, "category": "writing", "score": 6},
+    ]
+    agg = aggregate_single(rows)
+    assert agg["overall"] == {"mean": round(19 / 3, 3), "judged": 3, "parse_failures": 1}
+    assert agg["turn_2"] == {"mean": 6.0, "judged": 1, "parse_failures": 1}
+    assert agg["category/math"] == {"mean": 8.0, "judged": 1, "parse_failures": 1}
+    all_bad = aggregate_single([{"question_id": 3, "turn": 1, "category": "stem", "score": -1}])
+    assert all_bad["category/stem"] == {"mean": None, "judged": 0, "parse_failures": 1}
+
+
+def test_pairwise_needs_both_orders_to_agree() -> None:
+    assert combine_orders("model_1", "model_1") == "model_1"
+    assert combine_orders("model_1", "model_2") == "tie"  # order disagreement
+    assert combine_orders("model_2", "tie") == "tie"
+    assert combine_orders(None, "model_1") == "error"
+    rows = [{"result": r} for r in ("model_1", "model_1", "tie", "model_2", "error")]
+    assert aggregate_pairs(rows) == {"win": 2, "tie": 1, "loss": 1, "error": 1, "win_rate": 0.625}
+
+
+def test_official_questions_references_and_prompts_load() -> None:
+    if not OFFICIAL.exists():
+        pytest.skip("official MT-Bench files not present")
+    qs = load_questions(OFFICIAL / "question.jsonl", OFFICIAL / "reference_answer" / "gpt-4.jsonl")
+    assert len(qs) == 80 and {q.category for q in qs} >= {"writing", "math", "coding", "humanities"}
+    assert all(len(q.turns) == 2 for q in qs)
+    graded = [q for q in qs if q.category in ("math", "reasoning", "coding")]
+    assert len(graded) == 30 and all(q.reference and len(q.reference) == 2 for q in graded)
+    official = load_judge_prompts(OFFICIAL / "judge_prompts.jsonl")
+    math_q = next(q for q in qs if q.category == "math")
+    p = prompt_for(official, "single", math_q, 2)
+    assert p.name == "single-math-v1-multi-turn"
+    msgs = single_messages(p, math_q, ["first answer", "second answer"], 2)
+    assert "second answer" in msgs[1]["content"] and math_q.reference[1][:30] in msgs[1]["content"]
+    writing = next(q for q in qs if q.category == "writing")
+    assert prompt_for(official, "pairwise", writing, 1).name == "pair-v2"
+    pm = pair_messages(prompt_for(official, "pairwise", writing, 2), writing, ["a1", "a2"], ["b1", "b2"], 2)
+    assert "a2" in pm[1]["content"] and "b2" in pm[1]["content"]
+
+
+def test_own_prompts_cover_every_case_and_fill_every_field() -> None:
+    own = load_judge_prompts(None)
+    assert len(own) == 8 and all(p.name.startswith("tunefold-") for p in own.values())
+    qs = {
+        q.category: q
+        for q in load_questions(MINI / "question.jsonl", MINI / "reference_answer/tunefold-reference.jsonl")
+    }
+    for cat in ("math", "writing"):
+        for turn in (1, 2):
+            text = single_messages(prompt_for(own, "single", qs[cat], turn), qs[cat], ["X1", "X2"], turn)[1]["content"]
+            assert ("X2" in text) == (turn == 2) and "{" not in text.replace("{}", "")
+            if cat == "math":
+                assert qs[cat].reference[turn - 1] in text
+
+
+def test_answer_files_resume_past_a_torn_line(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    row = {"question_id": 7, "answer_id": "x", "model_id": "m", "choices": [{"index": 0, "turns": ["a", "b"]}]}
+    path.write_text(json.dumps(row) + "\n" + '{"question_id": 8, "choi')
+    assert load_answers(path) == {7: ["a", "b"]}
+
+
+def test_bad_question_files(tmp_path: Path) -> None:
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"question_id": 1, "turns": ["x"]}\n')
+    with pytest.raises(InputError, match=r"q\.jsonl:1: not an MT-Bench question"):
+        load_questions(bad)
+    with pytest.raises(InputError, match="does not exist"):
+        load_questions(tmp_path / "none.jsonl")
+    with pytest.raises(InputError, match="missing prompt"):
+        (tmp_path / "p.jsonl").write_text('{"name": "single-v1"}\n')
+        load_judge_prompts(tmp_path / "p.jsonl")
