@@ -1,4 +1,7 @@
-"""Stage `generate`: MT-Bench answers of the candidate and the baseline, in FastChat's model_answer layout.
+"""Stage `generate`: MT-Bench and FLASK answers of the candidate and the baseline.
+
+MT-Bench answers go to FastChat's model_answer layout (`<model_id>.jsonl`), FLASK answers to `{idx, model_id,
+answer}` rows.
 
 Turn 1 is answered first; turn 2 is generated with the whole conversation (question 1, the model's own answer,
 question 2), at MT-Bench's per-category temperature. Local models generate in batches with transformers; a
@@ -14,11 +17,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig
-from tunefold.mtbench import TEMPERATURE, Question, answer_row, load_answers, load_questions
+from tunefold.flask import load_instances
+from tunefold.mtbench import TEMPERATURE, answer_row, load_questions
 from tunefold.stage import StageContext, log, stage_main
 from tunefold.training import file_hash, fingerprint
 
@@ -42,41 +47,66 @@ def _append(path: Path, rows: list[dict[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
-def generate_answers(
-    ctx: StageContext, who: CandidateSettings, base_dir: Path, questions: list[Question], out_dir: Path, fp: str
+@dataclass(frozen=True)
+class Item:
+    """One thing to answer: its id, the user turns (answered one after another), the sampling temperature."""
+
+    key: int
+    turns: list[str]
+    temperature: float
+
+
+def answer_items(
+    answer: Answerer,
+    items: list[Item],
+    path: Path,
+    fp: str,
+    row: Callable[[Item, list[str]], dict[str, Any]],
+    batch_size: int,
+    label: str,
 ) -> dict[str, Any]:
-    cfg = ctx.params.eval
-    path, marker = out_dir / f"{who.model_id}.jsonl", out_dir / f".{who.model_id}.fingerprint"
+    """Answer every item not yet in `path` (appending as each batch finishes); each turn sees the conversation."""
+    marker = path.with_name(f".{path.stem}.fingerprint")
     if not marker.exists() or marker.read_text() != fp:
         path.unlink(missing_ok=True)  # answers of another model or setting: never mix them
-        out_dir.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(fp)
-    done = load_answers(path)
-    todo = [q for q in questions if q.question_id not in done]
-    log.info("%s: %d questions, %d already answered", who.model_id, len(questions), len(questions) - len(todo))
+    done = _done_keys(path)
+    todo = [it for it in items if it.key not in done]
+    log.info("%s: %d items, %d already answered", label, len(items), len(items) - len(todo))
     start, tokens, stopped, turns = time.perf_counter(), 0, 0, 0
-    answer = _endpoint_answerer(ctx, who) if who.base_url else _local_answerer(cfg, who, base_dir)
-    for i in range(0, len(todo), cfg.batch_size):
-        chunk = todo[i : i + cfg.batch_size]
-        convs = [[{"role": "user", "content": q.turns[0]}] for q in chunk]
-        firsts = answer(convs, [TEMPERATURE.get(q.category, 0.7) for q in chunk])
-        seconds = answer(
-            [[*c, {"role": "assistant", "content": a[0]}, {"role": "user", "content": q.turns[1]}]
-             for c, a, q in zip(convs, firsts, chunk, strict=True)],
-            [TEMPERATURE.get(q.category, 0.7) for q in chunk],
-        )  # fmt: skip
-        rows = []
-        for q, a1, a2 in zip(chunk, firsts, seconds, strict=True):
-            rows.append(answer_row(q.question_id, who.model_id, [a1[0], a2[0]], time.time()))
-            tokens += a1[1] + a2[1]
-            stopped += a1[2] + a2[2]
-            turns += 2
-        _append(path, rows)
-        log.info("%s: %d/%d questions answered", who.model_id, i + len(chunk), len(todo))
+    for i in range(0, len(todo), batch_size):
+        chunk = todo[i : i + batch_size]
+        convs: list[list[dict[str, str]]] = [[] for _ in chunk]
+        replies: list[list[str]] = [[] for _ in chunk]
+        for t in range(max(len(it.turns) for it in chunk)):
+            live = [j for j, it in enumerate(chunk) if t < len(it.turns)]
+            for j in live:
+                convs[j].append({"role": "user", "content": chunk[j].turns[t]})
+            outs = answer([convs[j] for j in live], [chunk[j].temperature for j in live])
+            for j, (text, n, stop) in zip(live, outs, strict=True):
+                convs[j].append({"role": "assistant", "content": text})
+                replies[j].append(text)
+                tokens, stopped, turns = tokens + n, stopped + stop, turns + 1
+        _append(path, [row(it, r) for it, r in zip(chunk, replies, strict=True)])
+        log.info("%s: %d/%d answered", label, i + len(chunk), len(todo))
     took = time.perf_counter() - start
-    return {"questions": len(questions), "generated": len(todo), "resumed": len(questions) - len(todo),
-            "new_tokens": tokens, "tokens_per_second": round(tokens / took, 1) if todo else None,
+    return {"items": len(items), "generated": len(todo), "resumed": len(items) - len(todo), "new_tokens": tokens,
+            "tokens_per_second": round(tokens / took, 1) if todo else None,
             "stopped_fraction": round(stopped / turns, 3) if turns else None}  # fmt: skip
+
+
+def _done_keys(path: Path) -> set[int]:
+    """Keys already answered; a partly written last line (a killed run) does not count."""
+    keys = set()
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            keys.add(int(row.get("question_id", row.get("idx", -1))))
+    return keys
 
 
 def _local_answerer(cfg: EvalConfig, who: CandidateSettings, base_dir: Path) -> Answerer:
@@ -110,25 +140,38 @@ def _endpoint_answerer(ctx: StageContext, who: CandidateSettings) -> Answerer:
     return answer
 
 
-def generate(ctx: StageContext, base_dir: Path, out_dir: Path) -> dict[str, Any]:
+def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -> dict[str, Any]:
     cfg = ctx.params.eval
     mt = cfg.mt_bench
-    qfile = Path(mt.questions)
+    qfile, ffile = Path(mt.questions), Path(cfg.flask.data)
     questions = load_questions(qfile, Path(mt.references) if mt.references else None, mt.question_ids or None)
+    instances = load_instances(ffile, cfg.flask.limit)
+    mt_items = [Item(q.question_id, q.turns, TEMPERATURE.get(q.category, 0.7)) for q in questions]
+    flask_items = [Item(i.idx, [i.instruction], 0.0) for i in instances]
     metrics: dict[str, Any] = {}
-    models = [cfg.candidate, *([cfg.baseline] if mt.pairwise else [])]
-    for who in models:
-        metrics[who.model_id] = generate_answers(ctx, who, base_dir, questions, out_dir, _fingerprint(cfg, who, qfile))
+    for who in (cfg.candidate, cfg.baseline):
+        answer = _endpoint_answerer(ctx, who) if who.base_url else _local_answerer(cfg, who, base_dir)
+        metrics[f"mt_bench/{who.model_id}"] = answer_items(
+            answer, mt_items, mt_dir / f"{who.model_id}.jsonl", _fingerprint(cfg, who, qfile),
+            lambda it, r, m=who.model_id: answer_row(it.key, m, r, time.time()), cfg.batch_size,
+            f"MT-Bench {who.model_id}",
+        )  # fmt: skip
+        metrics[f"flask/{who.model_id}"] = answer_items(
+            answer, flask_items, flask_dir / f"{who.model_id}.jsonl", _fingerprint(cfg, who, ffile),
+            lambda it, r, m=who.model_id: {"idx": it.key, "model_id": m, "answer": r[0]}, cfg.batch_size,
+            f"FLASK {who.model_id}",
+        )  # fmt: skip
     return metrics
 
 
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", type=Path, required=True, help="base model directory")
-    p.add_argument("--out", type=Path, required=True, help="model_answer directory (FastChat layout)")
+    p.add_argument("--out", type=Path, required=True, help="MT-Bench model_answer directory (FastChat layout)")
+    p.add_argument("--flask-out", type=Path, required=True, help="FLASK answers directory")
 
 
 def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
-    return generate(ctx, args.base, args.out)
+    return generate(ctx, args.base, args.out, args.flask_out)
 
 
 def main(argv: list[str] | None = None) -> int:

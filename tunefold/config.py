@@ -198,10 +198,17 @@ class MTBenchSettings(Section):
     pairwise: bool = Field(True, description="also judge candidate vs baseline in both orders")
 
 
+class FlaskSettings(Section):
+    data: str = Field("data/benchmarks/flask_mini/flask_evaluation.jsonl", description="FLASK evaluation-set file")
+    limit: int | None = Field(None, ge=1, description="only the first N instances")
+    annotate: bool = Field(True, description="let the judge label instances that lack skills/domains/difficulty")
+
+
 class EvalConfig(Section):
     candidate: CandidateSettings = CandidateSettings(model_id="candidate", adapter="models/dpo/adapter")
     baseline: CandidateSettings = CandidateSettings(model_id="base")
     mt_bench: MTBenchSettings = MTBenchSettings()
+    flask: FlaskSettings = FlaskSettings()
     max_new_tokens: int = Field(1024, ge=1)
     batch_size: int = Field(8, ge=1)
     seed: int = 0
