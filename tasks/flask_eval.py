@@ -19,6 +19,7 @@ from typing import Any
 
 from tunefold.errors import InputError
 from tunefold.flask import (
+    JSON_INSTRUCTION,
     JUDGE_SYSTEM,
     SKILLS,
     Annotation,
@@ -28,9 +29,10 @@ from tunefold.flask import (
     judge_messages,
     load_instances,
     parse_skill_scores,
+    scores_schema,
 )
 from tunefold.io import write_jsonl
-from tunefold.llm import ChatRequest, Gateway
+from tunefold.llm import ChatRequest, ChatResult, Gateway
 from tunefold.stage import StageContext, log, stage_main
 from tunefold.training import sha256_text
 
@@ -61,15 +63,29 @@ def annotate(gw: Gateway, instances: list[Instance], seed: int) -> tuple[list[In
     return [labelled.get(i.idx, i) for i in instances], failures
 
 
-def judge(gw: Gateway, model_id: str, instances: list[Instance], answers: dict[int, str]) -> list[dict[str, Any]]:
-    def one(inst: Instance) -> dict[str, Any]:
-        messages = judge_messages(inst, answers[inst.idx])
+def _ask(gw: Gateway, inst: Instance, answer: str, json_output: bool) -> tuple[Any, str | None, ChatResult]:
+    """({skill: score or None for N/A}, failure, result) from the trailing dict or from structured JSON."""
+    messages = judge_messages(inst, answer)
+    if not json_output:
         req = ChatRequest(messages=messages, temperature=0.0, template_hash=TEMPLATE_HASH)
         parsed, result = gw.chat_parsed("judge", req, lambda t: parse_skill_scores(t, inst.skills), "flask_scores")
+        return (parsed.value if parsed.ok else None), parsed.failure, result
+    messages = [{"role": "system", "content": messages[0]["content"] + JSON_INSTRUCTION}, *messages[1:]]
+    req = ChatRequest(messages=messages, temperature=0.0, template_hash=TEMPLATE_HASH)
+    parsed, result = gw.chat_json("judge", req, scores_schema(inst.skills), attempts=2)
+    if not parsed.ok or parsed.value is None:
+        return None, parsed.failure, result
+    raw = parsed.value.scores.model_dump(by_alias=True)
+    return {k: (None if v == "N/A" else float(v)) for k, v in raw.items()}, None, result
+
+
+def judge(gw: Gateway, model_id: str, instances: list[Instance], answers: dict[int, str],
+          json_output: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+    def one(inst: Instance) -> dict[str, Any]:
+        scores, failure, result = _ask(gw, inst, answers[inst.idx], json_output)
         return {"idx": inst.idx, "model": model_id, "skills": inst.skills, "domains": inst.domains,
-                "difficulty": inst.difficulty, "scores": parsed.value if parsed.ok else None,
-                "judgment": result.text or result.error or "", "parse_failure": parsed.failure,
-                "tstamp": time.time(), "provenance": result.provenance}  # fmt: skip
+                "difficulty": inst.difficulty, "scores": scores, "judgment": result.text or result.error or "",
+                "parse_failure": failure, "tstamp": time.time(), "provenance": result.provenance}  # fmt: skip
 
     return gw.map("judge", one, instances, desc=f"FLASK {model_id}")
 
@@ -106,7 +122,7 @@ def run_flask(ctx: StageContext, answers_dir: Path, out_dir: Path) -> dict[str, 
         missing = [i.idx for i in usable if i.idx not in answers]
         if missing:
             raise InputError(f"no FLASK answers of {who.model_id} for instances {missing[:10]}; run generate first")
-        judged = judge(gw, who.model_id, usable, answers)
+        judged = judge(gw, who.model_id, usable, answers, cfg.judge_output == "json")
         rows += judged
         metrics[who.model_id] = aggregate(judged)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", gw.endpoint("judge").model)

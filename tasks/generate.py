@@ -71,6 +71,7 @@ def answer_items(
         path.unlink(missing_ok=True)  # answers of another model or setting: never mix them
         path.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(fp)
+    _drop_torn_tail(path)
     done = _done_keys(path)
     todo = [it for it in items if it.key not in done]
     log.info("%s: %d items, %d already answered", label, len(items), len(items) - len(todo))
@@ -94,6 +95,16 @@ def answer_items(
     return {"items": len(items), "generated": len(todo), "resumed": len(items) - len(todo), "new_tokens": tokens,
             "tokens_per_second": round(tokens / took, 1) if todo else None,
             "stopped_fraction": round(stopped / turns, 3) if turns else None}  # fmt: skip
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a line left half-written by a killed run, so the next append starts on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def _done_keys(path: Path) -> set[int]:

@@ -17,10 +17,13 @@ from typing import Any
 
 from tunefold.errors import InputError
 from tunefold.io import write_jsonl
-from tunefold.llm import ChatRequest, Gateway, parse_rating, parse_verdict
+from tunefold.llm import ChatRequest, ChatResult, Gateway, parse_rating, parse_verdict
 from tunefold.mtbench import (
+    JSON_INSTRUCTION,
     JudgePrompt,
     Question,
+    RatingReply,
+    VerdictReply,
     aggregate_pairs,
     aggregate_single,
     combine_orders,
@@ -39,20 +42,37 @@ def _template_hash(p: JudgePrompt) -> str:
     return sha256_text(p.system_prompt + "\n" + p.prompt_template)[:16]
 
 
+def ask_judge(
+    gw: Gateway, kind: str, messages: list[dict[str, str]], p: JudgePrompt, json_output: bool
+) -> tuple[Any, str | None, ChatResult]:
+    """(value, failure, result): a rating or a verdict, from the protocol's text format or from structured JSON."""
+    if json_output:
+        messages = [{"role": "system", "content": messages[0]["content"] + JSON_INSTRUCTION[kind]}, *messages[1:]]
+    req = ChatRequest(messages=messages, temperature=0.0, template_hash=_template_hash(p))
+    if not json_output:
+        parser, name = (parse_rating, "mt_bench_rating") if kind == "single" else (parse_verdict, "mt_bench_verdict")
+        parsed, result = gw.chat_parsed("judge", req, parser, name)
+        return (parsed.value if parsed.ok else None), parsed.failure, result
+    parsed, result = gw.chat_json("judge", req, RatingReply if kind == "single" else VerdictReply, attempts=2)
+    if not parsed.ok or parsed.value is None:
+        return None, parsed.failure, result
+    reply = parsed.value
+    return (reply.rating if isinstance(reply, RatingReply) else reply.verdict), None, result
+
+
 def judge_single(gw: Gateway, model_id: str, questions: list[Question], answers: dict[int, list[str]],
-                 prompts: dict) -> list[dict[str, Any]]:  # fmt: skip
+                 prompts: dict, json_output: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     jobs = [(q, turn) for q in questions for turn in (1, 2)]
 
     def one(job: tuple[Question, int]) -> dict[str, Any]:
         q, turn = job
         p = prompt_for(prompts, "single", q, turn)
         messages = single_messages(p, q, answers[q.question_id], turn)
-        req = ChatRequest(messages=messages, temperature=0.0, template_hash=_template_hash(p))
-        parsed, result = gw.chat_parsed("judge", req, parse_rating, "mt_bench_rating")
+        value, failure, result = ask_judge(gw, "single", messages, p, json_output)
         return {"question_id": q.question_id, "model": model_id, "judge": [result.provenance["model"], p.name],
                 "user_prompt": messages[1]["content"], "judgment": result.text or result.error or "",
-                "score": parsed.value if parsed.ok else -1, "turn": turn, "tstamp": time.time(),
-                "category": q.category, "parse_failure": parsed.failure, "provenance": result.provenance}  # fmt: skip
+                "score": value if value is not None else -1, "turn": turn, "tstamp": time.time(),
+                "category": q.category, "parse_failure": failure, "provenance": result.provenance}  # fmt: skip
 
     return gw.map("judge", one, jobs, desc=f"single-answer grading of {model_id}")
 
@@ -65,8 +85,10 @@ def _winner(verdict: str | None, candidate_is_a: bool) -> str | None:
     return "model_1" if (verdict == "A") == candidate_is_a else "model_2"
 
 
-def judge_pairs(gw: Gateway, m1: str, m2: str, questions: list[Question], a1: dict[int, list[str]],
-                a2: dict[int, list[str]], prompts: dict) -> list[dict[str, Any]]:  # fmt: skip
+def judge_pairs(
+    gw: Gateway, m1: str, m2: str, questions: list[Question], a1: dict[int, list[str]], a2: dict[int, list[str]],
+    prompts: dict, json_output: bool = False,
+) -> list[dict[str, Any]]:  # fmt: skip
     jobs = [(q, turn) for q in questions for turn in (1, 2)]
 
     def one(job: tuple[Question, int]) -> dict[str, Any]:
@@ -76,11 +98,10 @@ def judge_pairs(gw: Gateway, m1: str, m2: str, questions: list[Question], a1: di
         for candidate_is_a in (True, False):
             first, second = (a1, a2) if candidate_is_a else (a2, a1)
             messages = pair_messages(p, q, first[q.question_id], second[q.question_id], turn)
-            req = ChatRequest(messages=messages, temperature=0.0, template_hash=_template_hash(p))
-            parsed, result = gw.chat_parsed("judge", req, parse_verdict, "mt_bench_verdict")
-            verdicts.append(_winner(parsed.value if parsed.ok else None, candidate_is_a))
+            value, failure, result = ask_judge(gw, "pairwise", messages, p, json_output)
+            verdicts.append(_winner(value, candidate_is_a))
             texts.append(result.text or result.error or "")
-            failures.append(parsed.failure)
+            failures.append(failure)
         return {"question_id": q.question_id, "model_1": m1, "model_2": m2, "g1_winner": verdicts[0] or "error",
                 "g2_winner": verdicts[1] or "error", "result": combine_orders(*verdicts),
                 "judge": [result.provenance["model"], p.name], "g1_judgment": texts[0], "g2_judgment": texts[1],
@@ -102,13 +123,14 @@ def run_mt_bench(ctx: StageContext, answers_dir: Path, out_dir: Path) -> dict[st
         raise InputError(f"no answers of {cfg.candidate.model_id} for questions {missing[:10]}; run `generate` first")
     gw = ctx.gateway
     judge = re.sub(r"[^A-Za-z0-9._-]+", "-", gw.endpoint("judge").model)
-    single = judge_single(gw, cfg.candidate.model_id, questions, cand, prompts)
+    as_json = cfg.judge_output == "json"
+    single = judge_single(gw, cfg.candidate.model_id, questions, cand, prompts, as_json)
     metrics: dict[str, Any] = {"judge": judge, "candidate": cfg.candidate.model_id}
     pairs: list[dict[str, Any]] = []
     if mt.pairwise:
         base = load_answers(answers_dir / f"{cfg.baseline.model_id}.jsonl")
-        single += judge_single(gw, cfg.baseline.model_id, questions, base, prompts)
-        pairs = judge_pairs(gw, cfg.candidate.model_id, cfg.baseline.model_id, questions, cand, base, prompts)
+        single += judge_single(gw, cfg.baseline.model_id, questions, base, prompts, as_json)
+        pairs = judge_pairs(gw, cfg.candidate.model_id, cfg.baseline.model_id, questions, cand, base, prompts, as_json)
         metrics["pairwise_vs_" + cfg.baseline.model_id] = aggregate_pairs(pairs)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / f"{judge}_single.jsonl", single)

@@ -77,6 +77,7 @@ def shrink_training(repo: Path) -> None:
     params["train"] |= {"max_length": 256, "save_steps": 1}
     params["dpo"] |= {"init": "models/sft/r2/adapter", "max_steps": 2, "max_length": 256}
     params["eval"]["mt_bench"]["question_ids"] = [5]
+    params["eval"]["flask"]["limit"] = 1
     params["eval"] |= {"max_new_tokens": 16}
     params["llm"]["judge"] |= {"max_tokens": 48}
     path.write_text(yaml.safe_dump(params, sort_keys=False))

@@ -101,3 +101,29 @@ def test_bad_question_files(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="missing prompt"):
         (tmp_path / "p.jsonl").write_text('{"name": "single-v1"}\n')
         load_judge_prompts(tmp_path / "p.jsonl")
+
+
+def test_generation_resumes_and_never_mixes_models(base_model: Path, tmp_path: Path) -> None:
+    """A killed run (answers file ending in a torn line) continues with only the missing questions; answers of
+    another model or setting are discarded, not mixed in."""
+    from tasks.generate import Item, _local_answerer, answer_items
+    from tunefold.config import CandidateSettings, EvalConfig
+    from tunefold.mtbench import answer_row
+
+    cfg = EvalConfig(max_new_tokens=4, batch_size=2)
+    answer = _local_answerer(cfg, CandidateSettings(model_id="base"), base_model)
+    items = [Item(i, [f"Name a colour, {i}.", "Another one?"], 0.0) for i in range(3)]
+    path = tmp_path / "base.jsonl"
+
+    def row(it: Item, r: list[str]) -> dict:
+        return answer_row(it.key, "base", r, 0.0)
+
+    first = answer_items(answer, items[:2], path, "fp1", row, 2, "t")
+    assert first["generated"] == 2
+    with path.open("a") as f:
+        f.write('{"question_id": 2, "choi')  # killed mid-write
+    again = answer_items(answer, items, path, "fp1", row, 2, "t")
+    assert (again["generated"], again["resumed"]) == (1, 2)
+    assert sorted(load_answers(path)) == [0, 1, 2] and all(len(t) == 2 for t in load_answers(path).values())
+    other = answer_items(answer, items, path, "fp2", row, 2, "t")  # another model or setting
+    assert other["generated"] == 3

@@ -60,6 +60,15 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
     judged = mt["candidate"]["overall"]
     assert judged["judged"] + judged["parse_failures"] == 2  # one question, two turns: every rating accounted for
     assert (repo / f"data/eval/model_judgment/{mt['judge']}_pair.jsonl").exists()
+    flask = json.loads((repo / "metrics/flask.json").read_text())
+    scored = flask["candidate"]
+    assert scored["instances"] == 1 and (scored["skill"] or scored["parse_failures"] == 1)
+    summary = json.loads((repo / "reports/eval/summary.json").read_text())
+    assert summary["mt_bench"]["judged"] + summary["mt_bench"]["parse_failures"] == 2
+    html = (repo / "reports/eval/report.html").read_text()
+    assert "data:image/png;base64," in html and "MT-Bench" in html
+    history = (repo / "metrics/eval_history.jsonl").read_text().splitlines()
+    assert len(history) == 1
     shown = run([*DVC, "plots", "show", "--json"], repo).stdout
     assert "metrics/sft/r1_loss.tsv" in shown and "metrics/dpo_loss.tsv" in shown
     again = run([*DVC, "repro"], repo).stdout
@@ -168,7 +177,8 @@ asyncio.run(main())
 """
     found = json.loads(run([sys.executable, "-c", query], repo, env=prefect_server).stdout.strip().splitlines()[-1])
     assert [state for _, state in found["flows"]] == ["COMPLETED"]
-    stages = ["dpo", "generate", "ingest", "mt_bench", "prepare_model", "sft@r1", "sft@r2", "validate"]
+    stages = ["dpo", "flask", "generate", "ingest", "mt_bench", "prepare_model", "report", "sft@r1", "sft@r2",
+              "validate"]  # fmt: skip
     assert found["tasks"] == [[name, "COMPLETED"] for name in stages]
     assert {"stage-ingest", "stage-validate", "stage-prepare-model", "stage-sft-r1", "stage-dpo"} <= set(
         found["artifacts"]

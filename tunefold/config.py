@@ -209,6 +209,11 @@ class EvalConfig(Section):
     baseline: CandidateSettings = CandidateSettings(model_id="base")
     mt_bench: MTBenchSettings = MTBenchSettings()
     flask: FlaskSettings = FlaskSettings()
+    judge_output: Literal["text", "json"] = Field(
+        "text",
+        description="text: the protocols' own formats ([[rating]], [[A]], a trailing skill dict), for capable "
+        "judges; json: the gateway's structured output (grammar-constrained on llama.cpp), for small judges",
+    )
     max_new_tokens: int = Field(1024, ge=1)
     batch_size: int = Field(8, ge=1)
     seed: int = 0

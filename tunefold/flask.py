@@ -12,9 +12,9 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from tunefold.errors import InputError
 from tunefold.llm.parsing import Parsed, last_json_object
@@ -196,3 +196,16 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summary = {name: {k: {"mean": round(sum(v) / len(v), 3), "n": len(v)} for k, v in sorted(group.items())}
                for name, group in by.items()}  # fmt: skip
     return summary | {"na": dict(na), "parse_failures": failures, "instances": len(rows)}
+
+
+def scores_schema(skills: list[str]) -> type[BaseModel]:
+    """The structured form of a judgment (`eval.judge_output: json`): feedback, then each skill's score (1-5 or
+    "N/A") under its own name, so a grammar-constrained judge can only answer for exactly these skills."""
+    score = Annotated[int, Field(ge=1, le=5)] | Literal["N/A"]
+    fields: dict[str, Any] = {f"s{i}": (score, Field(alias=s)) for i, s in enumerate(skills)}
+    scores = create_model("SkillScores", __config__=ConfigDict(populate_by_name=True), **fields)
+    return create_model("FlaskReply", feedback=(str, ...), scores=(scores, ...))
+
+
+JSON_INSTRUCTION = ("\n\nReply as a JSON object with keys feedback (your feedback on each skill) and scores (an "
+                    'object mapping each listed skill name to 1-5 or "N/A").')  # fmt: skip

@@ -13,7 +13,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
 
 from tunefold.errors import InputError
 
@@ -33,6 +35,27 @@ FASTCHAT_PROMPTS = {
     ("pairwise", False, False): "pair-v2", ("pairwise", True, False): "pair-math-v1",
     ("pairwise", False, True): "pair-v2-multi-turn", ("pairwise", True, True): "pair-math-v1-multi-turn",
 }  # fmt: skip
+
+
+class RatingReply(BaseModel):
+    """The structured form of a single-answer judgment (`eval.judge_output: json`)."""
+
+    explanation: str
+    rating: int = Field(ge=1, le=10)
+
+
+class VerdictReply(BaseModel):
+    """The structured form of a pairwise judgment; C is a tie."""
+
+    explanation: str
+    verdict: Literal["A", "B", "C"]
+
+
+JSON_INSTRUCTION = {
+    "single": "\n\nReply as a JSON object with keys explanation (a short justification) and rating (1-10).",
+    "pairwise": "\n\nReply as a JSON object with keys explanation (a short comparison) and verdict "
+    '("A", "B", or "C" for a tie).',
+}
 
 
 @dataclass(frozen=True)

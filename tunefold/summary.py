@@ -43,4 +43,6 @@ def stage_summary(stage: Stage, root: Path) -> str:
     lines += [f"| {k} | {v} |" for k, v in _flat(stage_metrics(stage, root)) if not isinstance(v, list)]
     lines += ["", "| output | size |", "|---|---|"]
     lines += [f"| `{o}` | {_human(_size(root / o))} |" for o in stage.outs]
+    reports = [root / o / "report.md" for o in stage.outs if (root / o / "report.md").is_file()]
+    lines += ["", *(r.read_text(encoding="utf-8") for r in reports)]  # e.g. the evaluation report itself
     return "\n".join(lines) + "\n"
