@@ -194,7 +194,7 @@ def render(summary: dict[str, Any], previous: dict[str, Any] | None, worst: list
 
 
 def report(ctx: StageContext, mt_path: Path, fl_path: Path, judgments: Path, answers: Path, out_dir: Path,
-           history: Path) -> dict[str, Any]:  # fmt: skip
+           history: Path, plots_dir: Path) -> dict[str, Any]:  # fmt: skip
     cfg = ctx.params.eval
     if not mt_path.exists() or not fl_path.exists():
         raise InputError(f"{mt_path} or {fl_path} missing: run the mt_bench and flask stages first")
@@ -226,6 +226,10 @@ def report(ctx: StageContext, mt_path: Path, fl_path: Path, judgments: Path, ans
     write_text(out_dir / "report.md", markdown)
     write_text(out_dir / "report.html", page)
     write_text(history, "".join(json.dumps(x) + "\n" for x in [*past, summary]))
+    write_json(plots_dir / "mt_bench_categories.json",
+               [{"category": c, "score": summary["mt_bench"]["categories"][c]["mean"]} for c in cats])  # fmt: skip
+    write_json(plots_dir / "flask_skills.json",
+               [{"skill": s, "score": summary["flask"]["skills"][s]["mean"]} for s in skills])  # fmt: skip
     log.info("report: MT-Bench %s, %d FLASK skills; %s", summary["mt_bench"]["overall"], len(skills), out_dir)
     return {"mt_bench_overall": summary["mt_bench"]["overall"],
             "mt_bench_parse_failures": summary["mt_bench"]["parse_failures"],
@@ -241,10 +245,11 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answers", type=Path, required=True, help="MT-Bench answers of the candidate")
     p.add_argument("--out", type=Path, required=True, help="report directory")
     p.add_argument("--history", type=Path, required=True, help="JSONL of past evaluations (appended)")
+    p.add_argument("--plots", type=Path, required=True, help="directory for the dvc plots data (JSON)")
 
 
 def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
-    return report(ctx, args.mt_bench, args.flask, args.judgments, args.answers, args.out, args.history)
+    return report(ctx, args.mt_bench, args.flask, args.judgments, args.answers, args.out, args.history, args.plots)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -198,3 +198,26 @@ def test_failing_stage_fails_the_flow_without_a_server(reproduced_repo: Path, tm
     logs = proc.stdout + proc.stderr
     assert "failed validation, above validate.max_reject_fraction=0.2" in logs
     assert "data/validate/quarantine.jsonl" in logs
+
+
+def test_api_key_lands_nowhere_in_a_pipeline_run(reproduced_repo: Path, tmp_path: Path) -> None:
+    """The judge as a keyed endpoint (a real llama.cpp server started here): after the evaluation stages, the key
+    is in no file of the workspace: params, dvc.lock, metrics, judgments, reports, cache, logs."""
+    from tunefold.config import EmbeddedServerConfig
+    from tunefold.llm.server import EmbeddedServer
+
+    secret = "sk-tunefold-pipeline-5e6f7a8b9c0d"
+    repo = tmp_path / "project"
+    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    server = EmbeddedServer(EmbeddedServerConfig()).start()
+    try:
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["llm"]["judge"] |= {"base_url": server.base_url, "model": server.alias, "api_key_env": "JUDGE_KEY"}
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        proc = run([*DVC, "repro", "report"], repo, env={"JUDGE_KEY": secret})
+    finally:
+        server.stop()
+    (repo / "run.log").write_text(proc.stdout + proc.stderr)
+    assert "Running stage 'mt_bench'" in proc.stdout and "Running stage 'flask'" in proc.stdout
+    leaks = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts and secret.encode() in p.read_bytes()]
+    assert leaks == []

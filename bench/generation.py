@@ -1,0 +1,96 @@
+"""Benchmark: our batched generator vs one-question-at-a-time `model.generate` (what FastChat's gen_model_answer
+does), same model, prompts and greedy settings; then single-answer judging at concurrency 8 vs 1.
+
+Run: .venv/bin/python bench/generation.py [--questions PATH] [--max-new-tokens 64] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--questions", type=Path, default=ROOT / "data/benchmarks/mt_bench_mini/question.jsonl")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from tasks.prepare_model import prepare_model
+    from tunefold.config import ModelConfig
+    from tunefold.generation import Generator, Prompt
+    from tunefold.models import load_model, load_tokenizer
+    from tunefold.mtbench import load_questions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = ROOT / "models/base"
+        if not (base / "config.json").exists():
+            base = Path(tmp) / "base"
+            prepare_model(ModelConfig(), base)
+        model, tok = load_model(base), load_tokenizer(base)
+        questions = load_questions(args.questions)
+        convs = [[{"role": "user", "content": q.turns[0]}] for q in questions]
+
+        t0 = time.perf_counter()
+        plain_tokens = 0
+        for conv in convs:  # the baseline: one question at a time
+            ids = tok.apply_chat_template(conv, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            with torch.no_grad():
+                out = model.generate(**ids, max_new_tokens=args.max_new_tokens, do_sample=False,
+                                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+            new = out[0, ids["input_ids"].shape[1] :].tolist()
+            plain_tokens += new.index(tok.eos_token_id) if tok.eos_token_id in new else len(new)
+        plain = time.perf_counter() - t0
+
+        gen = Generator(model, tok, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+        t0 = time.perf_counter()
+        outs = gen.generate([Prompt(c, 0.0) for c in convs])
+        ours = time.perf_counter() - t0
+        ours_tokens = sum(o.new_tokens for o in outs)
+        result = {
+            "questions": len(convs), "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+            "plain_s": round(plain, 1), "plain_tokens_per_s": round(plain_tokens / plain, 1),
+            "batched_s": round(ours, 1), "batched_tokens_per_s": round(ours_tokens / ours, 1),
+            "tokens_per_s_ratio": round((ours_tokens / ours) / (plain_tokens / plain), 2),
+        }  # fmt: skip
+        print(json.dumps(result, indent=2), flush=True)
+        print(json.dumps(bench_judging(questions, [o.text for o in outs], Path(tmp)), indent=2))
+
+
+def bench_judging(questions: list, answers: list[str], work: Path) -> dict:
+    """Single-answer grading of every turn-1 answer through the gateway, concurrency 8 vs 1 (fresh caches)."""
+    from tasks.mt_bench import ask_judge
+    from tunefold.config import EndpointConfig, LLMConfig
+    from tunefold.llm import Gateway
+    from tunefold.mtbench import load_judge_prompts, prompt_for, single_messages
+
+    prompts = load_judge_prompts(None)
+    out: dict[str, float | int] = {"judgments": len(questions)}
+
+    def grade(gw: Gateway, qa: tuple) -> object:
+        p = prompt_for(prompts, "single", qa[0], 1)
+        return ask_judge(gw, "single", single_messages(p, qa[0], [qa[1], ""], 1), p, True)
+
+    for conc in (1, 8):
+        cfg = LLMConfig(judge=EndpointConfig(concurrency=conc, max_tokens=128))
+        with Gateway(cfg, "bench", work / f"judge{conc}") as gw:
+            gw.endpoint("judge")
+            t0 = time.perf_counter()
+            gw.map("judge", lambda qa, gw=gw: grade(gw, qa), list(zip(questions, answers, strict=True)), desc="judging")
+            out[f"concurrency_{conc}_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
