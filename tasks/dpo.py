@@ -32,6 +32,7 @@ from tunefold.training import (
     lora_config,
     plan_device,
     read_records,
+    schedule_args,
     training_template,
     write_curve,
 )
@@ -88,21 +89,9 @@ def train_dpo(
 
     model = PeftModel.from_pretrained(load_base(base_dir, plan), str(init)).merge_and_unload()
     args = DPOConfig(
-        output_dir=str(ckpt_dir),
+        **schedule_args(train, plan, ckpt_dir, cfg.batch_size, cfg.learning_rate, cfg.epochs, cfg.max_steps),
         beta=cfg.beta,
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
         max_length=cfg.max_length,
-        logging_steps=train.logging_steps,
-        save_strategy="steps",
-        save_steps=train.save_steps,
-        save_total_limit=2,
-        seed=train.seed,
-        data_seed=train.seed,
-        report_to="none",
-        **plan.trainer_args(),
     )
     trainer = DPOTrainer(
         model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,

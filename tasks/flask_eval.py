@@ -31,7 +31,7 @@ from tunefold.flask import (
     parse_skill_scores,
     scores_schema,
 )
-from tunefold.io import write_jsonl
+from tunefold.io import read_appended, write_jsonl
 from tunefold.llm import ChatRequest, ChatResult, Gateway
 from tunefold.stage import StageContext, log, stage_main
 from tunefold.training import sha256_text
@@ -93,14 +93,7 @@ def judge(gw: Gateway, model_id: str, instances: list[Instance], answers: dict[i
 def _answers(path: Path) -> dict[int, str]:
     if not path.exists():
         raise InputError(f"{path} does not exist; run the generate stage first")
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        out[int(row["idx"])] = row["answer"]
-    return out
+    return {int(row["idx"]): row["answer"] for row in read_appended(path)}
 
 
 def run_flask(ctx: StageContext, answers_dir: Path, out_dir: Path) -> dict[str, Any]:

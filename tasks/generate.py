@@ -23,6 +23,7 @@ from typing import Any
 
 from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig
 from tunefold.flask import load_instances
+from tunefold.io import read_appended
 from tunefold.mtbench import TEMPERATURE, answer_row, load_questions
 from tunefold.stage import StageContext, log, stage_main
 from tunefold.training import file_hash, fingerprint
@@ -108,16 +109,7 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def _done_keys(path: Path) -> set[int]:
-    """Keys already answered; a partly written last line (a killed run) does not count."""
-    keys = set()
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            keys.add(int(row.get("question_id", row.get("idx", -1))))
-    return keys
+    return {int(row.get("question_id", row.get("idx", -1))) for row in read_appended(path)}
 
 
 def _local_answerer(cfg: EvalConfig, who: CandidateSettings, base_dir: Path) -> Answerer:

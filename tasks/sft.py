@@ -29,6 +29,7 @@ from tunefold.training import (
     lora_config,
     plan_device,
     read_records,
+    schedule_args,
     sha256_text,
     training_template,
     write_curve,
@@ -87,24 +88,12 @@ def train_sft(
     else:
         peft_config = lora_config(cfg.lora, model)
     args = SFTConfig(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=cfg.batch_size,
+        **schedule_args(cfg, plan, ckpt_dir, cfg.batch_size, rnd.learning_rate, rnd.epochs, rnd.max_steps),
         gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=rnd.learning_rate,
-        num_train_epochs=rnd.epochs,
-        max_steps=rnd.max_steps,
         warmup_steps=cfg.warmup,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
         max_length=cfg.max_length,
         packing=cfg.packing,
         assistant_only_loss=True,
-        report_to="none",
-        **plan.trainer_args(),
     )
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tunefold.errors import InputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -79,15 +81,33 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file the project itself wrote (strict: a bad line is a bug, not user input)."""
+    """Every row of a JSONL file; a missing file or a bad line is an error naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
     rows = []
-    with Path(path).open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
+                    raise InputError(f"{path}:{lineno}: malformed JSON ({e.msg})") from e
+    return rows
+
+
+def read_appended(path: str | Path) -> list[dict[str, Any]]:
+    """The complete rows of a file that is appended to as work finishes (none if it does not exist yet); a line a
+    killed run left half-written is skipped, as the run that resumes will write it again."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
     return rows
 
 

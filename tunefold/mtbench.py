@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from tunefold.errors import InputError
+from tunefold.io import read_appended, read_jsonl
 
 # Per-category sampling temperature of MT-Bench's answer generation.
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
@@ -75,27 +76,14 @@ class JudgePrompt:
     output_format: str
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        raise InputError(f"{path} does not exist")
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: malformed JSON ({e.msg})") from e
-    return rows
-
-
 def load_questions(path: Path, references: Path | None = None, ids: list[int] | None = None) -> list[Question]:
     """Questions in FastChat's format, with reference answers (answer-row format) attached by question_id."""
     refs: dict[int, list[str]] = {}
     if references is not None:
-        for row in _jsonl(references):
+        for row in read_jsonl(references):
             refs[int(row["question_id"])] = list(row["choices"][0]["turns"])
     questions = []
-    for n, row in enumerate(_jsonl(path), 1):
+    for n, row in enumerate(read_jsonl(path), 1):
         missing = [k for k in ("question_id", "category", "turns") if k not in row]
         if missing or not isinstance(row.get("turns"), list) or not row["turns"]:
             raise InputError(f"{path}:{n}: not an MT-Bench question (needs question_id, category, turns)")
@@ -115,7 +103,7 @@ def load_judge_prompts(path: Path | None) -> dict[tuple[str, bool, bool], JudgeP
         text = resources.files("tunefold.templates").joinpath("judge_prompts.jsonl").read_text(encoding="utf-8")
         rows, names = [json.loads(line) for line in text.splitlines() if line.strip()], OWN_PROMPTS
     else:
-        rows, names = _jsonl(path), FASTCHAT_PROMPTS
+        rows, names = read_jsonl(path), FASTCHAT_PROMPTS
     by_name = {r["name"]: r for r in rows}
     missing = sorted(set(names.values()) - set(by_name))
     if missing:
@@ -130,17 +118,8 @@ def answer_row(question_id: int, model_id: str, turns: list[str], tstamp: float)
 
 
 def load_answers(path: Path) -> dict[int, list[str]]:
-    """question_id -> answer turns; a partly written last line (a killed run) is ignored."""
-    answers: dict[int, list[str]] = {}
-    if not path.exists():
-        return answers
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        answers[int(row["question_id"])] = list(row["choices"][0]["turns"])
-    return answers
+    """question_id -> answer turns, from a model_answer file (possibly still being appended to)."""
+    return {int(row["question_id"]): list(row["choices"][0]["turns"]) for row in read_appended(path)}
 
 
 def single_messages(p: JudgePrompt, q: Question, answers: list[str], turn: int) -> list[dict[str, str]]:

@@ -47,6 +47,24 @@ class DevicePlan:
         }
 
 
+def schedule_args(
+    cfg: TrainConfig,
+    plan: DevicePlan,
+    ckpt_dir: Path,
+    batch_size: int,
+    learning_rate: float,
+    epochs: float,
+    max_steps: int,
+) -> dict[str, Any]:
+    """What SFT and DPO configs share: schedule, checkpoints every `save_steps` (the last two kept), seeds, device."""
+    return {
+        "output_dir": str(ckpt_dir), "per_device_train_batch_size": batch_size, "learning_rate": learning_rate,
+        "num_train_epochs": epochs, "max_steps": max_steps, "logging_steps": cfg.logging_steps,
+        "save_strategy": "steps", "save_steps": cfg.save_steps, "save_total_limit": 2, "seed": cfg.seed,
+        "data_seed": cfg.seed, "report_to": "none", **plan.trainer_args(),
+    }  # fmt: skip
+
+
 def plan_device(cfg: TrainConfig) -> DevicePlan:
     import torch
 
