@@ -127,3 +127,41 @@ def test_generation_resumes_and_never_mixes_models(base_model: Path, tmp_path: P
     assert sorted(load_answers(path)) == [0, 1, 2] and all(len(t) == 2 for t in load_answers(path).values())
     other = answer_items(answer, items, path, "fp2", row, 2, "t")  # another model or setting
     assert other["generated"] == 3
+
+
+def test_official_files_run_through_generate_and_judge(base_model: Path, tmp_path: Path) -> None:
+    """Two official MT-Bench questions (one graded against its GPT-4 reference) through the real stages: answers
+    by the base model, judgments by the embedded llama.cpp judge; every rating is either a score or a counted
+    failure."""
+    if not OFFICIAL.exists():
+        pytest.skip("official MT-Bench files not present")
+    import yaml
+
+    from tasks.generate import generate
+    from tasks.mt_bench import run_mt_bench
+    from tunefold.config import load_params
+    from tunefold.stage import StageContext
+
+    params = {
+        "ingest": {"sources": [{"path": "unused.jsonl"}]},
+        "eval": {"candidate": {"model_id": "base-a"}, "baseline": {"model_id": "base-b"},
+                 "mt_bench": {"questions": str(OFFICIAL / "question.jsonl"),
+                              "references": str(OFFICIAL / "reference_answer" / "gpt-4.jsonl"),
+                              "judge_prompts": str(OFFICIAL / "judge_prompts.jsonl"), "question_ids": [81, 111]},
+                 "flask": {"limit": 1}, "max_new_tokens": 8, "judge_output": "json"},
+        "llm": {"cache_dir": str(tmp_path / "cache"), "judge": {"max_tokens": 64}},
+    }  # fmt: skip
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    ctx = StageContext("mt_bench", load_params(tmp_path / "params.yaml"))
+    try:
+        gen = generate(ctx, base_model, tmp_path / "answers", tmp_path / "flask_answers")
+        assert gen["mt_bench/base-a"]["generated"] == 2
+        metrics = run_mt_bench(ctx, tmp_path / "answers", tmp_path / "judgments")
+    finally:
+        ctx.close()
+    single = [json.loads(x) for x in next((tmp_path / "judgments").glob("*_single.jsonl")).read_text().splitlines()]
+    assert {r["judge"][1] for r in single} >= {"single-v1", "single-math-v1", "single-math-v1-multi-turn"}
+    overall = metrics["base-a"]["overall"]
+    assert overall["judged"] + overall["parse_failures"] == 4
+    pairs = metrics["pairwise_vs_base-b"]
+    assert sum(pairs[k] for k in ("win", "tie", "loss", "error")) == 4
