@@ -47,6 +47,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest_validate.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/training.py
+	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/judging.py
 
 clean:
 	rm -rf $(VENV)
