@@ -12,14 +12,13 @@ import argparse
 import os
 import random
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from tunefold.config import DPOSettings, TrainConfig
 from tunefold.errors import InputError
-from tunefold.io import atomic_dir, write_json
+from tunefold.io import write_json
 from tunefold.models import STACK_FILE, load_tokenizer
 from tunefold.records import Record
 from tunefold.stage import StageContext, log, stage_main
@@ -27,14 +26,13 @@ from tunefold.training import (
     ResumeGuard,
     file_hash,
     fingerprint,
-    is_main_process,
     load_base,
     lora_config,
     plan_device,
     read_records,
     schedule_args,
+    train_and_save,
     training_template,
-    write_curve,
 )
 
 
@@ -85,7 +83,8 @@ def train_dpo(
 
     fp = fingerprint(data=file_hash(Path(cfg.data)), init=file_hash(init / "adapter_model.safetensors"),
                      dpo=cfg.model_dump(), lora=train.lora.model_dump(), seed=train.seed)  # fmt: skip
-    resume = ResumeGuard(ckpt_dir, fp, force_restart).resume_point()
+    guard = ResumeGuard(ckpt_dir, fp, force_restart)
+    resume = guard.resume_point()
 
     model = PeftModel.from_pretrained(load_base(base_dir, plan), str(init)).merge_and_unload()
     args = DPOConfig(
@@ -97,29 +96,20 @@ def train_dpo(
         model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=lora_config(train.lora, model),
     )  # fmt: skip
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - start
-    if not is_main_process():
+    done = train_and_save(trainer, tokenizer, guard, resume, out_dir, curve_path,
+                          lambda tmp: write_json(tmp / STACK_FILE, {"merged_adapters": [str(init)]}))  # fmt: skip
+    if done is None:
         return {}
-    with atomic_dir(out_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / STACK_FILE, {"merged_adapters": [str(init)]})
-    ResumeGuard(ckpt_dir, fp, force_restart).complete()
-    curve = write_curve(trainer.state.log_history, curve_path)
+    curve = done.pop("curve")
     margins = [r["rewards/margins"] for r in curve if "rewards/margins" in r]
     metrics = {
         "device": plan.device,
         "pairs": len(pairs),
         "pairs_by_source": by_source,
         "data_fraction": cfg.data_fraction,
-        "steps": trainer.state.global_step,
-        "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0,
-        "train_loss": round(result.training_loss, 4),
+        **done,
         "first_reward_margin": margins[0] if margins else None,
         "last_reward_margin": margins[-1] if margins else None,
-        "seconds_training": round(seconds, 1),
     }
     log.info("dpo: %d pairs, %d steps, reward margin %s -> %s", len(pairs), metrics["steps"],
              metrics["first_reward_margin"], metrics["last_reward_margin"])  # fmt: skip

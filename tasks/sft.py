@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from tunefold.config import TrainConfig
 from tunefold.errors import InputError
-from tunefold.io import atomic_dir, write_jsonl
+from tunefold.io import write_jsonl
 from tunefold.models import load_tokenizer
 from tunefold.stage import StageContext, log, stage_main
 from tunefold.training import (
@@ -24,15 +23,14 @@ from tunefold.training import (
     file_hash,
     fingerprint,
     fit_lengths,
-    is_main_process,
     load_base,
     lora_config,
     plan_device,
     read_records,
     schedule_args,
     sha256_text,
+    train_and_save,
     training_template,
-    write_curve,
 )
 
 
@@ -79,7 +77,8 @@ def train_sft(
         train=cfg.model_dump(exclude={"rounds", "device"}),
         round=rnd.model_dump(),
     )
-    resume = ResumeGuard(ckpt_dir, fp, force_restart).resume_point()
+    guard = ResumeGuard(ckpt_dir, fp, force_restart)
+    resume = guard.resume_point()
 
     model = load_base(base_dir, plan)
     peft_config = None
@@ -98,31 +97,21 @@ def train_sft(
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
     )
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - start
-
-    if not is_main_process():
+    done = train_and_save(trainer, tokenizer, guard, resume, out_dir, curve_path,
+                          lambda tmp: write_jsonl(tmp / "rejected_overlong.jsonl", dropped))  # fmt: skip
+    if done is None:
         return {}
-    with atomic_dir(out_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_jsonl(tmp / "rejected_overlong.jsonl", dropped)  # empty unless train.overlong is reject
-    ResumeGuard(ckpt_dir, fp, force_restart).complete()
-    curve = write_curve(trainer.state.log_history, curve_path)
+    curve, seconds = done.pop("curve"), done["seconds_training"]
     tokens = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     metrics = {
         "round": round_name,
         "device": plan.device,
-        "steps": trainer.state.global_step,
-        "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0,
-        "train_loss": round(result.training_loss, 4),
+        **done,
         "first_loss": curve[0]["loss"] if curve else None,
         "last_loss": curve[-1]["loss"] if curve else None,
         "real_tokens": int(tokens),
         "real_tokens_per_second": round(tokens / seconds, 1) if seconds and not resume else None,
-        "seconds_training": round(seconds, 1),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "chat_template": template_source,

@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunefold.config import LoraSettings, TrainConfig
 from tunefold.errors import InputError
-from tunefold.io import write_json, write_text
+from tunefold.io import atomic_dir, write_json, write_text
 from tunefold.records import Record
 
 if TYPE_CHECKING:
@@ -258,3 +260,34 @@ def write_curve(log_history: list[dict[str, Any]], path: Path) -> list[dict[str,
     lines += ["\t".join(str(r.get(c, "")) for c in cols) for r in rows]
     write_text(path, "\n".join(lines) + "\n")
     return rows
+
+
+def train_and_save(
+    trainer: Any,
+    tokenizer: Any,
+    guard: ResumeGuard,
+    resume: str | None,
+    out_dir: Path,
+    curve_path: Path,
+    write_extra: Callable[[Path], None],
+) -> dict[str, Any] | None:
+    """Train (from `resume` if set); then, on the main process only, write the adapter, tokenizer and `write_extra`
+    files atomically, mark the run finished and write the loss curve. Returns the metrics SFT and DPO share
+    (None on other ranks)."""
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+    if not is_main_process():
+        return None
+    with atomic_dir(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_extra(tmp)
+    guard.complete()
+    return {
+        "steps": trainer.state.global_step,
+        "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0,
+        "train_loss": round(result.training_loss, 4),
+        "seconds_training": round(seconds, 1),
+        "curve": write_curve(trainer.state.log_history, curve_path),
+    }
