@@ -36,8 +36,17 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.Compl
 
 
 def project_files() -> list[str]:
+    """Tracked and unignored files, minus anything a pipeline stage writes (a run in progress in this checkout
+    may not have listed its outputs in .gitignore yet)."""
+    from tunefold.dag import StageGraph
+
+    graph = StageGraph.load(ROOT / "dvc.yaml")
+    produced = [Path(p) for st in graph.stages.values() for p in (*st.outs, *st.metrics, *st.plots)]
     out = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout
-    return [f for f in out.splitlines() if (ROOT / f).is_file()]
+    return [
+        f for f in out.splitlines()
+        if (ROOT / f).is_file() and not any(Path(f) == p or p in Path(f).parents for p in produced)
+    ]  # fmt: skip
 
 
 def copy_project(dest: Path) -> Path:

@@ -206,7 +206,9 @@ def test_api_key_lands_nowhere_in_a_pipeline_run(reproduced_repo: Path, tmp_path
     from tunefold.config import EmbeddedServerConfig
     from tunefold.llm.server import EmbeddedServer
 
-    secret = "sk-tunefold-pipeline-5e6f7a8b9c0d"
+    import uuid
+
+    secret = f"sk-tunefold-{uuid.uuid4().hex}"  # made here, so not even this test file contains it
     repo = tmp_path / "project"
     shutil.copytree(reproduced_repo, repo, symlinks=True)
     server = EmbeddedServer(EmbeddedServerConfig()).start()
