@@ -203,10 +203,10 @@ def test_failing_stage_fails_the_flow_without_a_server(reproduced_repo: Path, tm
 def test_api_key_lands_nowhere_in_a_pipeline_run(reproduced_repo: Path, tmp_path: Path) -> None:
     """The judge as a keyed endpoint (a real llama.cpp server started here): after the evaluation stages, the key
     is in no file of the workspace: params, dvc.lock, metrics, judgments, reports, cache, logs."""
+    import uuid
+
     from tunefold.config import EmbeddedServerConfig
     from tunefold.llm.server import EmbeddedServer
-
-    import uuid
 
     secret = f"sk-tunefold-{uuid.uuid4().hex}"  # made here, so not even this test file contains it
     repo = tmp_path / "project"
