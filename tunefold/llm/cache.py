@@ -50,10 +50,6 @@ class ResponseCache:
                 (key, model, json.dumps(value, ensure_ascii=False), time.time()),
             )
 
-    def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-
     def close(self) -> None:
         with self._lock:
             self._db.close()

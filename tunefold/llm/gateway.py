@@ -227,9 +227,9 @@ class Gateway:
             body["response_format"] = req.response_format
         return body
 
-    def provenance(self, role: str, req: ChatRequest) -> dict[str, Any]:
-        ep = self.endpoint(role)
-        body = self._body(ep, req)
+    @staticmethod
+    def _provenance(ep: _Endpoint, req: ChatRequest, body: dict[str, Any]) -> dict[str, Any]:
+        """What a stored result records so judgments from different judges, prompts or settings never mix."""
         return {
             "endpoint": ep.name,
             "model": ep.model,
@@ -244,7 +244,7 @@ class Gateway:
         """One request: from the cache if it is there, else sent with retries. Never raises for one bad reply."""
         ep = self.endpoint(role)
         body = self._body(ep, req)
-        prov = self.provenance(role, req)
+        prov = self._provenance(ep, req, body)
         key = request_key(ep.fingerprint, body)
         cacheable = is_deterministic(body)
         self.stats.add(role, requests=1)
