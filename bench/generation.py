@@ -70,8 +70,8 @@ def main() -> None:
 
 def bench_judging(questions: list, answers: list[str], work: Path) -> dict:
     """Single-answer grading of every turn-1 answer through the gateway, concurrency 8 vs 1 (fresh caches)."""
-    from tasks.mt_bench import ask_judge
     from tunefold.config import EndpointConfig, LLMConfig
+    from tunefold.judge import ask_judge
     from tunefold.llm import Gateway
     from tunefold.mtbench import load_judge_prompts, prompt_for, single_messages
 

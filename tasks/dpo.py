@@ -20,7 +20,7 @@ from tunefold.config import DPOSettings, TrainConfig
 from tunefold.errors import InputError
 from tunefold.io import write_json
 from tunefold.models import STACK_FILE, load_tokenizer
-from tunefold.records import Record
+from tunefold.records import Record, read_records
 from tunefold.stage import StageContext, log, stage_main
 from tunefold.training import (
     ResumeGuard,
@@ -29,7 +29,6 @@ from tunefold.training import (
     load_base,
     lora_config,
     plan_device,
-    read_records,
     schedule_args,
     train_and_save,
     training_template,

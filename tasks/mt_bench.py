@@ -17,13 +17,10 @@ from typing import Any
 
 from tunefold.errors import InputError
 from tunefold.io import write_jsonl
-from tunefold.llm import ChatRequest, ChatResult, Gateway, parse_rating, parse_verdict
+from tunefold.judge import ask_judge
+from tunefold.llm import Gateway
 from tunefold.mtbench import (
-    JSON_INSTRUCTION,
-    JudgePrompt,
     Question,
-    RatingReply,
-    VerdictReply,
     aggregate_pairs,
     aggregate_single,
     combine_orders,
@@ -35,29 +32,6 @@ from tunefold.mtbench import (
     single_messages,
 )
 from tunefold.stage import StageContext, log, stage_main
-from tunefold.training import sha256_text
-
-
-def _template_hash(p: JudgePrompt) -> str:
-    return sha256_text(p.system_prompt + "\n" + p.prompt_template)[:16]
-
-
-def ask_judge(
-    gw: Gateway, kind: str, messages: list[dict[str, str]], p: JudgePrompt, json_output: bool
-) -> tuple[Any, str | None, ChatResult]:
-    """(value, failure, result): a rating or a verdict, from the protocol's text format or from structured JSON."""
-    if json_output:
-        messages = [{"role": "system", "content": messages[0]["content"] + JSON_INSTRUCTION[kind]}, *messages[1:]]
-    req = ChatRequest(messages=messages, temperature=0.0, template_hash=_template_hash(p))
-    if not json_output:
-        parser, name = (parse_rating, "mt_bench_rating") if kind == "single" else (parse_verdict, "mt_bench_verdict")
-        parsed, result = gw.chat_parsed("judge", req, parser, name)
-        return (parsed.value if parsed.ok else None), parsed.failure, result
-    parsed, result = gw.chat_json("judge", req, RatingReply if kind == "single" else VerdictReply, attempts=2)
-    if not parsed.ok or parsed.value is None:
-        return None, parsed.failure, result
-    reply = parsed.value
-    return (reply.rating if isinstance(reply, RatingReply) else reply.verdict), None, result
 
 
 def judge_single(gw: Gateway, model_id: str, questions: list[Question], answers: dict[int, list[str]],

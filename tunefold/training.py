@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from tunefold.config import LoraSettings, TrainConfig
 from tunefold.errors import InputError
 from tunefold.io import atomic_dir, write_json, write_text
-from tunefold.records import Record
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -161,16 +160,6 @@ def lora_config(cfg: LoraSettings, model: PreTrainedModel) -> Any:
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
         task_type="CAUSAL_LM",
     )  # fmt: skip
-
-
-def read_records(path: Path) -> list[Record]:
-    if not path.exists():
-        raise InputError(f"training data {path} does not exist")
-    with path.open(encoding="utf-8") as f:
-        records = [Record.model_validate_json(line) for line in f if line.strip()]
-    if not records:
-        raise InputError(f"training data {path} is empty: nothing to train on")
-    return records
 
 
 def fit_lengths(

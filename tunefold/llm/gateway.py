@@ -189,7 +189,7 @@ class Gateway:
 
         cfg: EndpointConfig | None = self._extra.get(role) or getattr(self.cfg, role, None)
         if not isinstance(cfg, EndpointConfig):
-            raise TunefoldError(f"unknown LLM role {role!r}; params.yaml llm has teacher and judge")
+            raise TunefoldError(f"unknown LLM role {role!r}; params.yaml llm has teacher, judge and student")
         if cfg.base_url:
             base_url, model = cfg.base_url.rstrip("/"), cfg.model
             if not model:

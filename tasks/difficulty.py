@@ -1,0 +1,137 @@
+"""Stage `difficulty`: TAPIR's Model Fitting Difficulty of every candidate instruction.
+
+For each instruction (annotated user records and synthesized ones) the teacher and the student (`llm.student`)
+answer, and the judge rates both answers 1-10 with the project's single-answer prompt. MFD = teacher score -
+student score: instructions the student already fits (MFD <= `min_mfd`) are dropped; the rest are kept with their
+scores and the student's answer (the rejected side of the preference pairs `plan_curriculum` writes).
+
+Outputs (in --out): records.jsonl (kept), dropped.jsonl (record + reason), pairs.jsonl (preference pairs from the
+input, passed through untouched for DPO), report.md. Counts reconcile: inputs = kept + dropped + pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tunefold.config import TASK_TYPES
+from tunefold.io import write_json, write_jsonl, write_text
+from tunefold.judge import ask_judge
+from tunefold.llm import ChatRequest, Gateway
+from tunefold.mtbench import JudgePrompt, Question, load_judge_prompts, single_messages
+from tunefold.records import Message, Record, read_records, with_response
+from tunefold.stage import StageContext, log, stage_main
+from tunefold.summary import md_table
+
+
+def _chat(messages: list[Message]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def _answer(gw: Gateway, role: str, prompt: list[Message]) -> str | None:
+    result = gw.chat(role, ChatRequest(messages=_chat(prompt)))
+    return result.text.strip() if result.ok and result.text and result.text.strip() else None
+
+
+def score_record(
+    gw: Gateway, r: Record, judge_prompt: JudgePrompt, use_dataset: bool, json_output: bool
+) -> tuple[Record | None, str | None]:
+    """The record with its teacher/student scores and MFD, or None and why it cannot be scored."""
+    synthesized = r.metadata.get("origin") == "codeclm"  # its target answer was already chosen by the filter
+    target = r.response if (use_dataset or synthesized) else _answer(gw, "teacher", r.prompt)
+    student = _answer(gw, "student", r.prompt)
+    if target is None or student is None:
+        return None, "no answer from " + ("the teacher" if target is None else "the student")
+    question = Question(0, "general", [next(m.content for m in reversed(r.prompt) if m.role == "user")])
+    scores = []
+    for answer in (target, student):
+        value, failure, _ = ask_judge(gw, "single", single_messages(judge_prompt, question, [answer], 1),
+                                      judge_prompt, json_output)  # fmt: skip
+        if value is None:
+            return None, f"judge reply unparseable: {failure}"
+        scores.append(float(value))
+    scored = with_response(
+        r,
+        target,
+        teacher_score=scores[0],
+        student_score=scores[1],
+        mfd=scores[0] - scores[1],
+        student_response=student,
+        target="dataset" if use_dataset or synthesized else "teacher",
+    )
+    return scored, None
+
+
+def difficulty(ctx: StageContext, inputs: list[Path]) -> tuple[list[Record], list[dict[str, Any]], list[Record]]:
+    cfg = ctx.params.curriculum.difficulty
+    records = [r for path in inputs for r in read_records(path, allow_empty=True)]
+    pairs = [r for r in records if r.rejected is not None]
+    todo = [r for r in records if r.rejected is None]
+    judge_prompt = load_judge_prompts(None)[("single", False, False)]
+    json_output = ctx.params.eval.judge_output == "json"
+    scored = ctx.gateway.map(
+        "judge", lambda r: score_record(ctx.gateway, r, judge_prompt, cfg.responses == "dataset", json_output),
+        todo, desc="MFD (teacher vs student)",
+    )  # fmt: skip
+    kept: list[Record] = []
+    dropped: list[dict[str, Any]] = []
+    for r, (done, why) in zip(todo, scored, strict=True):
+        if done is None:
+            dropped.append({"record": r.model_dump(), "reason": why})
+        elif done.metadata["mfd"] > cfg.min_mfd:
+            kept.append(done)
+        else:
+            dropped.append({"record": done.model_dump(), "reason": f"MFD {done.metadata['mfd']:g} <= min_mfd "
+                            f"{cfg.min_mfd:g}: the student already fits it"})  # fmt: skip
+    return kept, dropped, pairs
+
+
+def run_difficulty(ctx: StageContext, inputs: list[Path], out_dir: Path, plot: Path | None) -> dict[str, Any]:
+    kept, dropped, pairs = difficulty(ctx, inputs)
+    write_jsonl(out_dir / "records.jsonl", [r.model_dump() for r in kept])
+    write_jsonl(out_dir / "dropped.jsonl", dropped)
+    write_jsonl(out_dir / "pairs.jsonl", [r.model_dump() for r in pairs])
+    mfds = [r.metadata["mfd"] for r in kept] + [d["record"]["metadata"]["mfd"] for d in dropped
+                                                if "mfd" in d["record"]["metadata"]]  # fmt: skip
+    hist = Counter(round(m) for m in mfds)
+    reasons = Counter(d["reason"].split(":")[0] for d in dropped)
+    scored = len(kept) + len(dropped)
+    metrics = {
+        "inputs": scored + len(pairs), "kept": len(kept), "dropped": len(dropped), "preference_pairs": len(pairs),
+        "kept_fraction": round(len(kept) / scored, 3) if scored else None,
+        "mean_mfd_kept": round(sum(r.metadata["mfd"] for r in kept) / len(kept), 3) if kept else None,
+        "dropped_by_reason": dict(reasons), "min_mfd": ctx.params.curriculum.difficulty.min_mfd,
+        "kept_by_task": {t: n for t in TASK_TYPES if (n := sum(r.metadata.get("task_type") == t for r in kept))},
+    }  # fmt: skip
+    if not kept:
+        log.warning("no instruction has MFD above %g: nothing would be left to train on", metrics["min_mfd"])
+    rows = [[k, hist[k]] for k in sorted(hist)]
+    why = [[k, n] for k, n in reasons.items()]
+    write_text(out_dir / "report.md", f"### Model Fitting Difficulty (TAPIR)\n\nKept {len(kept)} of {scored} "
+               f"scored instructions (MFD > {metrics['min_mfd']:g}); {len(pairs)} preference pairs passed on.\n\n"
+               + md_table(["MFD (teacher - student)", "instructions"], rows) + "\n\n"
+               + md_table(["dropped because", "instructions"], why) + "\n")  # fmt: skip
+    if plot:
+        write_json(plot, [{"mfd": k, "instructions": hist[k]} for k in sorted(hist)])
+    return metrics
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--records", type=Path, nargs="+", required=True, help="records JSONL files to score")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--plot", type=Path, help="MFD histogram for `dvc plots`")
+
+
+def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
+    return run_difficulty(ctx, args.records, args.out, args.plot)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("difficulty", __doc__ or "", _args, _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Stage `plan_curriculum`: TAPIR's multi-round curriculum from the scored, refined instructions.
+
+Re-balances the kept set to `curriculum.plan.target` (hardest first within a task, scarce tasks over-sampled),
+then splits it into one round per entry of `hard_share`, each with that share of hard instructions (MFD above the
+`hard_quantile` quantile), easiest material first. Writes each round as `<rounds>/r<k>.jsonl` for `sft@r<k>`, and
+preference pairs for DPO: the target answer chosen, the student's answer rejected (with the score gap), plus the
+preference pairs from the input data. An empty round is an error, never passed on to training.
+
+Outputs: --rounds dir (r1.jsonl ...), --out dir (preferences.jsonl, dropped.jsonl, plan.json, report.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tunefold.config import CurriculumConfig
+from tunefold.curriculum.planning import distribution, mfd_of, rebalance, round_stats, split_rounds
+from tunefold.errors import InputError
+from tunefold.io import atomic_dir, write_json, write_jsonl, write_text
+from tunefold.records import Record, make_record, read_records
+from tunefold.stage import StageContext, log, stage_main
+from tunefold.summary import md_table
+
+
+def preference_pairs(records: list[Record]) -> list[Record]:
+    """Target answer = chosen, the student's answer = rejected; one pair per distinct instruction."""
+    pairs: dict[str, Record] = {}
+    for r in records:
+        student = r.metadata.get("student_response")
+        if not student or student == r.response or r.metadata.get("kept_response") == "student":
+            continue
+        meta = {"source_name": "curriculum", "task_type": r.metadata.get("task_type"), "mfd": mfd_of(r),
+                "parent_id": r.metadata.get("parent_id", r.id)}  # fmt: skip
+        pair = make_record(list(r.messages), f"curriculum:{r.id}", rejected=student, metadata=meta)
+        pairs.setdefault(pair.id, pair)
+    return list(pairs.values())
+
+
+def plan(cfg: CurriculumConfig, records: list[Record]) -> tuple[list[list[Record]], dict[str, Any], list[Any]]:
+    p = cfg.plan
+    balanced = rebalance(records, p.target, p.size, cfg.seed)
+    for w in balanced.warnings:
+        log.warning(w)
+    rounds = split_rounds(balanced.records, p.hard_share, p.hard_quantile)
+    empty = [f"r{i}" for i, rs in enumerate(rounds, 1) if not rs]
+    if empty:
+        raise InputError(f"curriculum rounds {', '.join(empty)} would be empty; lower the number of rounds")
+    ranked = sorted(mfd_of(r) for r in balanced.records)
+    threshold = ranked[min(len(ranked) - 1, int(p.hard_quantile * len(ranked)))]
+    report = {
+        "kept_in": len(records), "planned": len(balanced.records), "repeated": balanced.repeated,
+        "dropped": len(balanced.dropped), "hard_mfd_threshold": threshold,
+        "tasks_before": distribution(records), "tasks_after": distribution(balanced.records),
+        "target_used": {t: round(s, 4) for t, s in balanced.target.items()},
+        "rounds": round_stats(rounds, threshold), "warnings": balanced.warnings,
+    }  # fmt: skip
+    return rounds, report, balanced.dropped
+
+
+def run_plan(ctx: StageContext, records_path: Path, pairs_path: Path, rounds_dir: Path, out_dir: Path,
+             plots: Path | None) -> dict[str, Any]:  # fmt: skip
+    cfg = ctx.params.curriculum
+    records = read_records(records_path, allow_empty=True)
+    rounds, report, dropped = plan(cfg, records)
+    with atomic_dir(rounds_dir) as tmp:
+        for i, rs in enumerate(rounds, 1):
+            write_jsonl(tmp / f"r{i}.jsonl", [r.model_dump() for r in rs])
+    given = read_records(pairs_path, allow_empty=True)
+    prefs = preference_pairs([r for rs in rounds for r in rs]) + given
+    write_jsonl(out_dir / "preferences.jsonl", [r.model_dump() for r in prefs])
+    write_jsonl(out_dir / "dropped.jsonl", [{"record": r.model_dump(), "reason": why} for r, why in dropped])
+    write_json(out_dir / "plan.json", report)
+    rounds_info = report["rounds"]
+    tasks = sorted(set(report["tasks_before"]) | set(report["target_used"]))
+    task_rows = [{"task_type": t, "before": report["tasks_before"].get(t, 0.0),
+                  "after": report["tasks_after"].get(t, 0.0), "target": report["target_used"].get(t, 0.0)}
+                 for t in tasks]  # fmt: skip
+    write_text(out_dir / "report.md", "### Curriculum plan (TAPIR)\n\n"
+               f"{report['planned']} instructions planned from {report['kept_in']} kept ({report['repeated']} "
+               f"repeats of scarce tasks, {report['dropped']} over quota); {len(prefs)} preference pairs "
+               f"({len(given)} from the input data).\n\n"
+               + md_table(["task type", "before", "after", "target"], [list(r.values()) for r in task_rows]) + "\n\n"
+               + md_table(["round", "records", "mean MFD", "hard share"], [list(r.values()) for r in report["rounds"]])
+               + "\n" + "".join(f"\n- warning: {w}" for w in report["warnings"]))  # fmt: skip
+    if plots:
+        write_json(plots / "plan_tasks.json", task_rows)
+        write_json(plots / "plan_rounds.json", report["rounds"])
+    log.info("curriculum: %s", ", ".join(f"{r['round']}: {r['records']} (MFD {r['mean_mfd']})" for r in rounds_info))
+    return {k: v for k, v in report.items() if k != "warnings"} | {"preference_pairs": len(prefs),
+                                                                  "warnings": len(report["warnings"])}  # fmt: skip
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--records", type=Path, required=True, help="refined records")
+    p.add_argument("--pairs", type=Path, required=True, help="preference pairs passed on by `difficulty`")
+    p.add_argument("--rounds", type=Path, required=True, help="directory for r1.jsonl, r2.jsonl, ...")
+    p.add_argument("--out", type=Path, required=True, help="directory for preferences, dropped rows and the plan")
+    p.add_argument("--plots", type=Path, help="directory for the `dvc plots` data")
+
+
+def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
+    return run_plan(ctx, args.records, args.pairs, args.rounds, args.out, args.plots)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("plan_curriculum", __doc__ or "", _args, _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Curriculum planning and synthesis: the arithmetic on hand-made records with known answers, the decision rule on
+hand-written judge scores, and the five stages end to end against the embedded llama.cpp teacher/judge/student."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tunefold.config import DEFAULT_TARGET, load_params
+from tunefold.curriculum.planning import apportion, mfd_of, rebalance, split_rounds
+from tunefold.curriculum.synthesis import contrastive_decision
+from tunefold.errors import InputError, ParamsError
+from tunefold.judge import parse_pair_scores
+from tunefold.records import Message, Record, make_record, read_records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rec(i: int, task: str, mfd: float) -> Record:
+    msgs = [Message(role="user", content=f"instruction {i}"), Message(role="assistant", content=f"answer {i}")]
+    return make_record(msgs, f"t:{i}", metadata={"task_type": task, "mfd": mfd})
+
+
+# --- planning ------------------------------------------------------------------------------------------------
+
+
+def test_apportion_sums_exactly_and_stays_within_one() -> None:
+    for total in (1, 7, 10, 99, 1000):
+        counts = apportion(DEFAULT_TARGET, total)
+        assert sum(counts.values()) == total
+        assert all(abs(counts[t] - s * total) < 1 for t, s in DEFAULT_TARGET.items())
+
+
+def test_rebalance_hits_the_target_and_accounts_for_every_record() -> None:
+    records = [rec(i, "writing", i % 5) for i in range(30)] + [rec(100 + i, "math", i) for i in range(4)]
+    records += [rec(200 + i, "classification", 1) for i in range(3)]  # not in the target below
+    target = {"writing": 0.5, "math": 0.3, "coding": 0.2}  # no coding at all: its share goes to the others
+    out = rebalance(records, target, size=16, seed=0)
+    counts = Counter(r.metadata["task_type"] for r in out.records)
+    assert out.target == pytest.approx({"writing": 0.625, "math": 0.375})
+    assert counts == {"writing": 10, "math": 6}  # 16 x (0.625, 0.375)
+    assert out.repeated == 2  # 4 math records over-sampled to fill 6
+    assert len(out.warnings) == 1 and "coding" in out.warnings[0]
+    # Every input record is either chosen or dropped with a reason.
+    assert len({r.id for r in out.records}) + len(out.dropped) == len(records)
+    assert Counter(why for _, why in out.dropped) == {"over the writing quota of 10": 20,
+                                                      "task type not in curriculum.plan.target": 3}  # fmt: skip
+    # Within a task, the hardest records are the ones kept.
+    kept_writing = sorted(mfd_of(r) for r in out.records if r.metadata["task_type"] == "writing")
+    assert min(kept_writing) >= max(mfd_of(r) for r, _ in out.dropped if r.metadata["task_type"] == "writing")
+
+
+def test_rebalance_refuses_when_no_target_task_is_present() -> None:
+    with pytest.raises(InputError, match="none of the target task types"):
+        rebalance([rec(1, "writing", 1)], {"math": 1.0}, None, 0)
+    with pytest.raises(InputError, match="no instructions"):
+        rebalance([], {"math": 1.0}, None, 0)
+
+
+def test_rounds_rise_in_difficulty_and_follow_the_hard_share() -> None:
+    records = [rec(i, "math", float(i)) for i in range(40)]  # MFD 0..39; hard = top half (>= 20)
+    rounds = split_rounds(records, [0.2, 0.5, 0.8, 1.0], hard_quantile=0.5)
+    assert [len(r) for r in rounds] == [10, 10, 10, 10]
+    assert [sum(mfd_of(x) >= 20 for x in r) for r in rounds] == [2, 5, 6, 7]  # 20 hard for 25 asked: 8, 10 lowered
+    means = [sum(map(mfd_of, r)) / len(r) for r in rounds]
+    assert means == sorted(means) and len(set(means)) == 4
+    assert sorted(x.id for r in rounds for x in r) == sorted(x.id for x in records)  # each record once
+    with pytest.raises(InputError, match="cannot fill 3 curriculum rounds"):
+        split_rounds(records[:2], [0.1, 0.5, 0.9], 0.5)
+
+
+# --- contrastive filtering -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("teacher", "student", "theta", "keep", "response"),
+    [
+        (9, 5, 3, True, "teacher"),  # gap 4 > 3
+        (8, 5, 3, False, None),  # gap 3 is not above theta: back to Self-Rubrics
+        (8.5, 5, 3, True, "teacher"),  # averaged orders give halves
+        (5, 5, 0, False, None),
+        (2, 6, 3, True, "student"),  # the student far ahead: keep its answer
+        (3, 6, 3, False, None),
+        (6, 5.5, 0.4, True, "teacher"),
+    ],
+)
+def test_contrastive_decision_follows_theta_exactly(
+    teacher: float, student: float, theta: float, keep: bool, response: str | None
+) -> None:
+    d = contrastive_decision(teacher, student, theta)
+    assert (d.keep, d.response, d.gap) == (keep, response, teacher - student)
+
+
+def test_pair_scores_parser() -> None:
+    assert parse_pair_scores("A is better. [[8, 3]]").value == (8.0, 3.0)
+    assert parse_pair_scores("first [[1, 2]] then [[7.5, 4]]").value == (7.5, 4.0)  # the last pair counts
+    assert not parse_pair_scores("[[11, 3]]").ok
+    assert not parse_pair_scores("A wins").ok
+    assert not parse_pair_scores(None).ok
+
+
+# --- configuration ------------------------------------------------------------------------------------------
+
+
+def _params_with(tmp_path: Path, plan: dict[str, Any]) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["curriculum"]["plan"] |= plan
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def test_bad_target_distributions_fail_at_load(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match=r"curriculum\.plan\.target: .*sum to 1 \(they sum to 0\.9000\)"):
+        load_params(_params_with(tmp_path, {"target": {"math": 0.5, "coding": 0.4}}))
+    with pytest.raises(ParamsError, match=r"\['poetry'\] are not in the taxonomy"):
+        load_params(_params_with(tmp_path, {"target": {"math": 0.5, "poetry": 0.5}}))
+    with pytest.raises(ParamsError, match="hard share must be in"):
+        load_params(_params_with(tmp_path, {"hard_share": [0.5, 1.5]}))
+
+
+# --- the stages against the embedded teacher, judge and student ---------------------------------------------------
+
+
+def _small_params(tmp_path: Path, seeds: Path) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["curriculum"]["synthesize"] |= {"seeds": str(seeds), "pool_size": 2, "max_iterations": 2, "theta": 0.0}
+    params["curriculum"]["difficulty"] |= {"min_mfd": -10.0}  # keep everything scored: rounds need records
+    params["curriculum"]["plan"] |= {"target": {"writing": 0.4, "math": 0.3, "other": 0.3}, "hard_share": [0.0, 1.0]}
+    for role in ("teacher", "judge", "student"):
+        params["llm"][role] |= {"max_tokens": 48}
+    params["llm"]["cache_dir"] = str(tmp_path / "llm-cache")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def _run_chain(params: Path, clean: Path, out: Path) -> dict[str, dict[str, Any]]:
+    from tasks import annotate, difficulty, plan_curriculum, refine, synthesize
+
+    m = out / "metrics"
+    calls = [
+        (annotate, ["--records", str(clean), "--out", str(out / "annotate"), "--plot", str(m / "tasks.json")]),
+        (synthesize, ["--out", str(out / "synthesize")]),
+        (difficulty, ["--records", str(out / "annotate/records.jsonl"), str(out / "synthesize/records.jsonl"),
+                      "--out", str(out / "difficulty")]),
+        (refine, ["--records", str(out / "difficulty/records.jsonl"), "--out", str(out / "refine")]),
+        (plan_curriculum, ["--records", str(out / "refine/records.jsonl"), "--pairs",
+                           str(out / "difficulty/pairs.jsonl"), "--rounds", str(out / "rounds"),
+                           "--out", str(out / "plan"), "--plots", str(m)]),
+    ]  # fmt: skip
+    metrics = {}
+    for module, args in calls:
+        name = module.__name__.rsplit(".", 1)[1]
+        assert module.main(["--params", str(params), "--metrics", str(m / f"{name}.json"), *args]) == 0
+        metrics[name] = json.loads((m / f"{name}.json").read_text())
+    return metrics
+
+
+def test_stages_end_to_end_and_a_cached_rerun_is_identical(tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (ROOT / "data/sample/alpaca.jsonl").read_text().splitlines()[:5]]
+    clean = tmp_path / "clean.jsonl"
+    records = [make_record([Message(role="user", content=r["instruction"]), Message(role="assistant",
+                                                                                     content=r["output"])], f"s:{i}")
+               for i, r in enumerate(rows)]  # fmt: skip
+    pref = make_record([Message(role="user", content="Say hi."), Message(role="assistant", content="Hi!")], "p:1",
+                       rejected="Go away.", metadata={"source_name": "prefs"})  # fmt: skip
+    clean.write_text("".join(r.model_dump_json() + "\n" for r in [*records, pref]))
+    params = _small_params(tmp_path, tmp_path / "run1/annotate/records.jsonl")
+    first = _run_chain(params, clean, tmp_path / "run1")
+
+    out = tmp_path / "run1"
+    annotated = read_records(out / "annotate/records.jsonl")
+    assert len(annotated) == 6 and all(r.metadata["task_type"] in DEFAULT_TARGET for r in annotated)
+    assert first["annotate"]["records"] == 6
+    log = [json.loads(line) for line in (out / "synthesize/log.jsonl").read_text().splitlines()]
+    assert log and all({"iteration", "decision", "reason"} <= set(row) for row in log)
+    for r in read_records(out / "synthesize/records.jsonl", allow_empty=True):
+        assert r.metadata["origin"] == "codeclm" and abs(r.metadata["gap"]) > 0.0  # theta 0: any gap keeps
+    d = first["difficulty"]
+    assert d["inputs"] == d["kept"] + d["dropped"] + d["preference_pairs"] and d["preference_pairs"] == 1
+    assert first["refine"]["records"] == d["kept"]
+    rounds = [read_records(out / f"rounds/r{k}.jsonl") for k in (1, 2)]
+    assert all(rounds) and not (out / "rounds/r3.jsonl").exists()
+    means = [sum(map(mfd_of, r)) / len(r) for r in rounds]
+    assert means[0] <= means[1]
+    prefs = read_records(out / "plan/preferences.jsonl")
+    assert pref.id in {p.id for p in prefs} and all(p.rejected for p in prefs)
+    plan = json.loads((out / "plan/plan.json").read_text())
+    assert set(plan["tasks_after"]) <= {"writing", "math", "other"}
+    assert (out / "metrics/plan_tasks.json").exists() and (out / "plan/report.md").read_text().startswith("###")
+
+    params = _small_params(tmp_path, tmp_path / "run2/annotate/records.jsonl")
+    second = _run_chain(params, clean, tmp_path / "run2")
+    for name, m in second.items():
+        sent = sum(role["calls_sent"] for role in m.get("llm", {}).values())
+        assert sent == 0, f"{name} sent {sent} calls on a cached re-run"
+    for rel in ("rounds/r1.jsonl", "rounds/r2.jsonl", "plan/preferences.jsonl"):
+        assert (out / rel).read_bytes() == (tmp_path / "run2" / rel).read_bytes(), rel
+
+
+def test_empty_seed_file_is_a_clear_error(tmp_path: Path) -> None:
+    from tasks import synthesize
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("")
+    params = _small_params(tmp_path, seeds)
+    assert synthesize.main(["--params", str(params), "--out", str(tmp_path / "out")]) == 2
