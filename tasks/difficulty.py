@@ -12,6 +12,7 @@ input, passed through untouched for DPO), report.md. Counts reconcile: inputs = 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -70,6 +71,12 @@ def difficulty(ctx: StageContext, inputs: list[Path]) -> tuple[list[Record], lis
     records = [r for path in inputs for r in read_records(path, allow_empty=True)]
     pairs = [r for r in records if r.rejected is not None]
     todo = [r for r in records if r.rejected is None]
+    dropped: list[dict[str, Any]] = []
+    if cfg.max_instructions and len(todo) > cfg.max_instructions:
+        chosen = set(random.Random(ctx.params.curriculum.seed).sample(range(len(todo)), cfg.max_instructions))
+        reason = f"not sampled: curriculum.difficulty.max_instructions={cfg.max_instructions}"
+        dropped = [{"record": r.model_dump(), "reason": reason} for i, r in enumerate(todo) if i not in chosen]
+        todo = [r for i, r in enumerate(todo) if i in chosen]
     judge_prompt = load_judge_prompts(None)[("single", False, False)]
     json_output = ctx.params.eval.judge_output == "json"
     scored = ctx.gateway.map(
@@ -77,7 +84,6 @@ def difficulty(ctx: StageContext, inputs: list[Path]) -> tuple[list[Record], lis
         todo, desc="MFD (teacher vs student)",
     )  # fmt: skip
     kept: list[Record] = []
-    dropped: list[dict[str, Any]] = []
     for r, (done, why) in zip(todo, scored, strict=True):
         if done is None:
             dropped.append({"record": r.model_dump(), "reason": why})

@@ -3,8 +3,9 @@
 Writes `summary.json` (for `dvc metrics show/diff`), `report.md` and a self-contained `report.html` with an
 MT-Bench per-category radar, a FLASK per-skill radar and a skill x difficulty heat map, the comparison with the
 previously evaluated model (deltas with the number of judged items behind each), the judge's cost and
-parse-failure counts, and the worst-scored answers with the judge's explanation. Each run is appended to
-the history file, from which the next run takes its comparison.
+parse-failure counts, and the worst-scored answers with the judge's explanation (and, given the output of
+`sentence_scores`, their lowest-scored sentences). Each run is appended to the history file, from which the next
+run takes its comparison.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from tunefold.errors import InputError
 from tunefold.flask import DIFFICULTIES, SKILLS
+from tunefold.fractal.highlight import lowest_sentences
 from tunefold.io import read_json, write_json, write_text
 from tunefold.stage import StageContext, log, stage_main
 
@@ -87,6 +89,7 @@ def build_summary(mt: dict[str, Any], fl: dict[str, Any], candidate: str, baseli
     )
     return {
         "candidate": candidate,
+        "baseline": baseline,
         "mt_bench": {
             "overall": _mean(cand.get("overall")),
             "turn_1": _mean(cand.get("turn_1")),
@@ -182,6 +185,9 @@ def render(summary: dict[str, Any], previous: dict[str, Any] | None, worst: list
             md += [f"**Question {w['question_id']}, turn {w['turn']}: score {w['score']}**", "",
                    f"> {w['question']}", "", f"Answer: {w['answer'][:600]}", "",
                    f"Judge: {w['judgment'][:600]}", ""]  # fmt: skip
+            if w.get("lowest_sentences"):
+                md += [f"- lowest-scored sentence ({s['score']:.2f}): {s['text'][:300]}"
+                       for s in w["lowest_sentences"]] + [""]  # fmt: skip
     md += ["", "Plots: " + ", ".join(f"`{name}`" for name in images)]
     markdown = "\n".join(md) + "\n"
     imgs = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(b).decode()}" alt="{n}">'
@@ -194,7 +200,7 @@ def render(summary: dict[str, Any], previous: dict[str, Any] | None, worst: list
 
 
 def report(ctx: StageContext, mt_path: Path, fl_path: Path, judgments: Path, answers: Path, out_dir: Path,
-           history: Path, plots_dir: Path) -> dict[str, Any]:  # fmt: skip
+           history: Path, plots_dir: Path, sentence_scores: Path | None = None) -> dict[str, Any]:  # fmt: skip
     cfg = ctx.params.eval
     if not mt_path.exists() or not fl_path.exists():
         raise InputError(f"{mt_path} or {fl_path} missing: run the mt_bench and flask stages first")
@@ -218,6 +224,10 @@ def report(ctx: StageContext, mt_path: Path, fl_path: Path, judgments: Path, ans
                 for s in skills]  # fmt: skip
         images["flask_skill_difficulty.png"] = _heatmap(skills, list(DIFFICULTIES), grid, "FLASK skill x difficulty")
     worst = worst_answers(judgments, answers, Path(cfg.mt_bench.questions), cfg.candidate.model_id)
+    if sentence_scores is not None:
+        lowest = lowest_sentences(sentence_scores, cfg.candidate.model_id)
+        for w in worst:
+            w["lowest_sentences"] = lowest.get((w["question_id"], w["turn"]), [])
     markdown, page = render(summary, previous, worst, images)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in images.items():
@@ -246,10 +256,12 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="report directory")
     p.add_argument("--history", type=Path, required=True, help="JSONL of past evaluations (appended)")
     p.add_argument("--plots", type=Path, required=True, help="directory for the dvc plots data (JSON)")
+    p.add_argument("--sentence-scores", type=Path, help="scores.jsonl of the sentence_scores stage (optional)")
 
 
 def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
-    return report(ctx, args.mt_bench, args.flask, args.judgments, args.answers, args.out, args.history, args.plots)
+    return report(ctx, args.mt_bench, args.flask, args.judgments, args.answers, args.out, args.history, args.plots,
+                  args.sentence_scores)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

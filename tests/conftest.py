@@ -73,22 +73,25 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def shrink_training(repo: Path) -> None:
-    """Two curriculum rounds and DPO of a couple of steps each, one MT-Bench question with short answers:
-    the real stages, on a test budget."""
+    """A small curriculum, two training rounds and DPO of a couple of steps each, one MT-Bench question with short
+    answers: the real stages, on a test budget."""
     import yaml
 
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
     rounds = params["train"]["rounds"]
     rounds["r1"] |= {"max_steps": 2}
-    rounds["r2"] = {"data": rounds["r1"]["data"], "init": "models/sft/r1/adapter", "epochs": 1,
-                    "learning_rate": 1.0e-4, "max_steps": 1}  # fmt: skip
+    rounds["r2"] |= {"epochs": 1, "max_steps": 1}
     params["train"] |= {"max_length": 256, "save_steps": 1}
     params["dpo"] |= {"init": "models/sft/r2/adapter", "max_steps": 2, "max_length": 256}
+    params["curriculum"]["synthesize"] |= {"pool_size": 2, "max_iterations": 2}
+    # score 12 instructions and keep them all, whatever their MFD: the rounds need records
+    params["curriculum"]["difficulty"] |= {"min_mfd": -10.0, "max_instructions": 12}
     params["eval"]["mt_bench"]["question_ids"] = [5]
     params["eval"]["flask"]["limit"] = 1
     params["eval"] |= {"max_new_tokens": 16}
-    params["llm"]["judge"] |= {"max_tokens": 48}
+    for role in ("teacher", "student", "judge"):
+        params["llm"][role] |= {"max_tokens": 64}
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

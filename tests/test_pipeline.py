@@ -55,7 +55,12 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
     for stage in ("sft/r1", "sft/r2", "dpo"):
         assert (repo / f"models/{stage}/adapter/adapter_model.safetensors").exists()
     assert json.loads((repo / "metrics/sft/r2.json").read_text())["steps"] == 1
-    assert json.loads((repo / "metrics/dpo.json").read_text())["pairs"] == 12
+    dpo = json.loads((repo / "metrics/dpo.json").read_text())
+    plan = json.loads((repo / "metrics/curriculum/plan.json").read_text())
+    assert dpo["pairs"] == plan["preference_pairs"] and dpo["pairs_by_source"]["sample_prefs"] == 12
+    assert [r["round"] for r in plan["rounds"]] == ["r1", "r2"] and all(r["records"] for r in plan["rounds"])
+    sft_r1 = json.loads((repo / "metrics/sft/r1.json").read_text())
+    assert (repo / "data/curriculum/rounds/r1.jsonl").read_text().count("\n") == sft_r1["conversations"]
     mt = json.loads((repo / "metrics/mt_bench.json").read_text())
     judged = mt["candidate"]["overall"]
     assert judged["judged"] + judged["parse_failures"] == 2  # one question, two turns: every rating accounted for
@@ -71,6 +76,7 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
     assert len(history) == 1
     shown = run([*DVC, "plots", "show", "--json"], repo).stdout
     assert "metrics/sft/r1_loss.tsv" in shown and "metrics/dpo_loss.tsv" in shown
+    assert "metrics/curriculum/plan_tasks.json" in shown and "metrics/curriculum/mfd_histogram.json" in shown
     again = run([*DVC, "repro"], repo).stdout
     assert "Data and pipelines are up to date" in again
     assert "Data and pipelines are up to date" in run([*DVC, "status"], repo).stdout
@@ -177,8 +183,8 @@ asyncio.run(main())
 """
     found = json.loads(run([sys.executable, "-c", query], repo, env=prefect_server).stdout.strip().splitlines()[-1])
     assert [state for _, state in found["flows"]] == ["COMPLETED"]
-    stages = ["dpo", "flask", "generate", "ingest", "mt_bench", "prepare_model", "report", "sft@r1", "sft@r2",
-              "validate"]  # fmt: skip
+    stages = sorted(["prepare_model", "ingest", "validate", "annotate", "synthesize", "difficulty", "refine",
+                     "plan_curriculum", "sft@r1", "sft@r2", "dpo", "generate", "mt_bench", "flask", "report"])
     assert found["tasks"] == [[name, "COMPLETED"] for name in stages]
     assert {"stage-ingest", "stage-validate", "stage-prepare-model", "stage-sft-r1", "stage-dpo"} <= set(
         found["artifacts"]

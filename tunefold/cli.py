@@ -20,6 +20,9 @@ examples:
   tunefold params               check params.yaml and print the resolved configuration
   tunefold llm-check            one request to each LLM role's endpoint (teacher, judge)
   tunefold export models/dpo/adapter merged/   base + adapters merged into one plain checkpoint
+  tunefold cycle                one retrain-and-evaluate cycle: promote the new model only if it passes the gate
+  tunefold serve                run cycles on the schedule in params.yaml (cycle.cron)
+  tunefold lineage model-v2     data, params, code, base model, judge and prompts behind a model
 """
 
 
@@ -126,6 +129,45 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cycle(a: argparse.Namespace) -> int:
+    from flows.cycle import cycle
+
+    state = cycle(root=str(a.root.resolve()), return_state=True)
+    if not state.is_completed():
+        print(f"error: cycle {state.name.lower()}: {state.message}", file=sys.stderr)
+        return 1
+    entry = state.result()
+    print(entry.get("skipped") or f"{entry['tag']}: {entry['reason']}")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from flows.cycle import deploy, serve
+    from tunefold.config import load_params
+
+    params = load_params(a.root / "params.yaml")
+    if a.command == "deploy":
+        deploy(a.root.resolve(), params, a.pool)
+        print(f"deployment tunefold-cycle/{params.cycle.deployment} on work pool {a.pool}; start a worker with "
+              f"`prefect worker start --pool {a.pool}`")  # fmt: skip
+        return 0
+    serve(a.root.resolve(), params)
+    return 0
+
+
+def cmd_lineage(a: argparse.Namespace) -> int:
+    from tunefold.config import load_params
+    from tunefold.registry import Registry, print_lineage
+
+    registry = Registry(a.root, load_params(a.root / "params.yaml"))
+    entry = registry.find(a.model) if a.model else registry.champion()
+    if entry is None:
+        print("no promoted model yet; run `tunefold cycle`", file=sys.stderr)
+        return 1
+    print(json.dumps(entry, indent=2) if a.json else print_lineage(entry))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunefold",
@@ -184,6 +226,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("roles", nargs="*", default=["teacher", "judge"], help="roles to check (default: both)")
     p.set_defaults(func=cmd_llm_check)
+
+    p = sub.add_parser(
+        "cycle",
+        help="one retrain-and-evaluate cycle now: pipeline, promotion gate, registry entry, git tag",
+        description="Run the pipeline where stale, then promote the candidate over the champion only if the gate "
+        "(params cycle.gate) passes. Writes the decision to the registry and tags the commit.",
+    )
+    p.set_defaults(func=cmd_cycle)
+    p = sub.add_parser(
+        "serve",
+        help="run cycles on the schedule in params (cycle.cron / cycle.interval_seconds); stays in the foreground",
+        description="A Prefect deployment served by this process (no work pool). Overlapping runs are prevented.",
+    )
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser(
+        "deploy",
+        help="register the cycle as a deployment on a Prefect work pool (run by `prefect worker start`)",
+    )
+    p.add_argument("--pool", required=True, help="work pool name (e.g. one created with `prefect work-pool create`)")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("lineage", help="where a model comes from: data, params, code, base model, judge, prompts")
+    p.add_argument("model", nargs="?", help="tag (model-v2), version (2) or cycle id; default: the champion")
+    p.add_argument("--json", action="store_true", help="the whole registry entry as JSON")
+    p.set_defaults(func=cmd_lineage)
     return parser
 
 

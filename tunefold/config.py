@@ -259,6 +259,9 @@ class DifficultySettings(Section):
     responses: Literal["teacher", "dataset"] = Field(
         "teacher", description="train on the teacher's response (TAPIR), or keep the dataset's own response"
     )
+    max_instructions: int | None = Field(
+        None, ge=1, description="score at most this many (a seeded sample; the rest are dropped with that reason)"
+    )
 
 
 class PlanSettings(Section):
@@ -338,6 +341,41 @@ class FractalConfig(Section):
     seed: int = 0
 
 
+class GateSettings(Section):
+    """When a retrained model (the challenger) replaces the current one (the champion)."""
+
+    mt_bench_tolerance: float = Field(
+        0.0, ge=0, description="the challenger's MT-Bench mean may be at most this far below the champion's"
+    )
+    flask_tolerance: float = Field(0.25, ge=0, description="no FLASK skill (1-5) may fall by more than this")
+    max_parse_failure_rate: float = Field(
+        0.2, ge=0, le=1, description="share of unparseable judge replies (MT-Bench + FLASK) above which it is rejected"
+    )
+    tie_margin: float = Field(
+        0.1,
+        description="MT-Bench means this close count as a tie, which pairwise against the champion decides; "
+        "negative: no tie-break (a challenger within the tolerances is promoted)",
+    )
+
+
+class CycleConfig(Section):
+    """Scheduled retrain-and-evaluate cycles (`tunefold serve` / `tunefold deploy`)."""
+
+    cron: str | None = Field("0 3 * * 1", description="cron schedule of the cycle deployment")
+    interval_seconds: float | None = Field(None, gt=0, description="instead of cron: run every N seconds")
+    timezone: str = "UTC"
+    deployment: str = Field("tunefold-cycle", pattern=r"^[A-Za-z0-9._-]+$")
+    gate: GateSettings = GateSettings()
+    candidate_adapter: str = Field("models/dpo/adapter", description="the challenger's adapter (eval's candidate)")
+    champion_dir: str = Field("models/champion", description="where the promoted adapter is kept (dvc add)")
+    registry: str = Field("registry", description="directory of models.jsonl, tracked with `dvc add`")
+    tag_prefix: str = Field("model-v", pattern=r"^[A-Za-z0-9._/-]+$")
+    commit: bool = Field(True, description="commit dvc.lock, params and the registry, and tag every cycle in git")
+    notify_block: str | None = Field(
+        None, description="name of a Prefect notification block (e.g. a custom webhook) told of failures/promotions"
+    )
+
+
 class OrchestrationConfig(Section):
     retries: dict[str, int] = Field(default_factory=dict, description="Prefect retries per stage name")
     retry_delay_seconds: float = Field(10.0, ge=0)
@@ -354,6 +392,7 @@ class Params(Section):
     eval: EvalConfig = EvalConfig()
     fractal: FractalConfig = FractalConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    cycle: CycleConfig = CycleConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -1,0 +1,115 @@
+"""Evidence of value for the curriculum: LoRA SFT on (a) the ingested data as is and (b) the curriculum rounds, with
+the same optimizer-step budget (packed blocks of `train.max_length`, so about the same tokens; the real token
+counts are printed), both evaluated by the pipeline's own evaluation stages.
+
+It works on a copy of the project (its tracked files), runs `dvc repro report` once per arm with different
+params, and prints a Markdown table of both score profiles, whatever they show.
+
+Run: .venv/bin/python experiments/curriculum_vs_plain.py [--steps 8] [--questions 1 5 9] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def arm_params(base: dict[str, Any], arm: str, steps: int, args: argparse.Namespace) -> dict[str, Any]:
+    p = json.loads(json.dumps(base))
+    if arm == "plain":
+        p["train"]["rounds"] = {"r1": {"data": "data/validate/clean.jsonl", "init": "models/base", "epochs": 100,
+                                       "learning_rate": 2.0e-4, "max_steps": 2 * steps}}  # fmt: skip
+        adapter = "models/sft/r1/adapter"
+    else:
+        p["train"]["rounds"] = {
+            "r1": {"data": "data/curriculum/rounds/r1.jsonl", "init": "models/base", "epochs": 100,
+                   "learning_rate": 2.0e-4, "max_steps": steps},
+            "r2": {"data": "data/curriculum/rounds/r2.jsonl", "init": "models/sft/r1/adapter", "epochs": 100,
+                   "learning_rate": 2.0e-4, "max_steps": steps},
+        }  # fmt: skip
+        adapter = "models/sft/r2/adapter"
+    p["dpo"]["init"] = adapter  # DPO is not part of this comparison; keeps the params consistent
+    p["eval"]["candidate"] = {"model_id": f"sft-{arm}", "adapter": adapter}
+    p["eval"]["mt_bench"] |= {"question_ids": args.questions, "pairwise": False}
+    p["eval"]["max_new_tokens"] = args.max_new_tokens
+    return p
+
+
+def run_arm(repo: Path, base: dict[str, Any], arm: str, args: argparse.Namespace) -> dict[str, Any]:
+    (repo / "params.yaml").write_text(yaml.safe_dump(arm_params(base, arm, args.steps, args), sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    print(f"== arm {arm}: dvc repro report", flush=True)
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "report"], cwd=repo, env=env, check=True)
+    read = lambda rel: json.loads((repo / rel).read_text())  # noqa: E731
+    rounds = ["r1"] if arm == "plain" else ["r1", "r2"]
+    sft = [read(f"metrics/sft/{r}.json") for r in rounds]
+    mt, flask = read("metrics/mt_bench.json"), read("metrics/flask.json")
+    cand = f"sft-{arm}"
+    return {
+        "steps": sum(m["steps"] for m in sft),
+        "real_tokens": sum(m["real_tokens"] for m in sft),
+        "records": sum(m["conversations"] for m in sft),
+        "mt_bench": mt[cand],
+        "mt_bench_base": mt["base"],
+        "flask": flask[cand],
+        "flask_base": flask["base"],
+    }
+
+
+def fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    arms = list(results)
+    rows = [["optimizer steps", *(fmt(results[a]["steps"]) for a in arms)],
+            ["real tokens trained", *(fmt(results[a]["real_tokens"]) for a in arms)],
+            ["training records", *(fmt(results[a]["records"]) for a in arms)]]  # fmt: skip
+    mt_keys = sorted(k for k in results[arms[0]]["mt_bench"] if k == "overall" or k.startswith("category/"))
+    for k in mt_keys:
+        cells = [results[a]["mt_bench"].get(k, {}) for a in arms]
+        rows.append([f"MT-Bench {k}", *(f"{fmt(c.get('mean'))} (n={c.get('judged', 0)})" for c in cells)])
+    base_overall = results[arms[0]]["mt_bench_base"]["overall"]
+    rows.append(["MT-Bench overall, base model", *(fmt(base_overall.get("mean")) for _ in arms)])
+    skills = sorted(set().union(*(results[a]["flask"].get("skill", {}) for a in arms)))
+    for s in skills:
+        cells = [results[a]["flask"].get("skill", {}).get(s, {}) for a in arms]
+        rows.append([f"FLASK {s}", *(f"{fmt(c.get('mean'))} (n={c.get('n', 0)})" for c in cells)])
+    head = ["", *arms]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=8, help="optimizer steps per curriculum round (plain: 2x)")
+    ap.add_argument("--questions", type=int, nargs="*", default=[], help="MT-Bench question ids (default: all)")
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temporary one)")
+    args = ap.parse_args()
+    from tests.conftest import copy_project
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.keep or Path(tmp)
+        repo = work / "project"
+        if not repo.exists():
+            copy_project(repo)
+        base = yaml.safe_load((ROOT / "params.yaml").read_text())
+        results = {arm: run_arm(repo, base, arm, args) for arm in ("plain", "curriculum")}
+        (work / "results.json").write_text(json.dumps(results, indent=2))
+        print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Retrain-and-evaluate cycles on a real project copy: the promotion gate, the registry and its git tags, the
+workspace lock, `dvc checkout` of a promoted tag, a scheduled deployment that fires on a real Prefect server, and a
+failed cycle that notifies a loopback webhook and leaves the champion untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import yaml
+
+from tests.conftest import run
+from tests.test_pipeline import prefect_server  # noqa: F401  (fixture)
+from tunefold.lock import WorkspaceLock
+
+pytestmark = pytest.mark.slow
+TUNEFOLD = [sys.executable, "-m", "tunefold.cli"]
+EPHEMERAL = {"PREFECT_API_URL": None}
+ADAPTER = "models/dpo/adapter/adapter_model.safetensors"
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def set_params(repo: Path, **sections: dict) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in sections.items():
+        params[key] = params.get(key, {}) | value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def registry(repo: Path) -> list[dict]:
+    path = repo / "registry/models.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def promoted_repo(reproduced_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy after its first cycle (the first model is always promoted when its judgments parse)."""
+    repo = tmp_path_factory.mktemp("cycle") / "repo"
+    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    set_params(repo, cycle={"gate": {"max_parse_failure_rate": 1.0}})
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "gate for the test"], repo)
+    home = {"PREFECT_HOME": str(repo.parent / "prefect-home"), **EPHEMERAL}
+    out = run([*TUNEFOLD, "cycle"], repo, env=home).stdout
+    assert "model-v1: first model" in out
+    return repo
+
+
+def test_first_cycle_promotes_records_and_tags(promoted_repo: Path, tmp_path: Path) -> None:
+    repo = promoted_repo
+    [entry] = registry(repo)
+    assert entry["promoted"] and entry["tag"] == "model-v1" and entry["model_id"] == "model-v1"
+    assert {c["name"] for c in entry["decision"]["checks"]} == {"parse_failure_rate", "mt_bench_scored"}
+    assert sha(repo / "models/champion/adapter/adapter_model.safetensors") == sha(repo / ADAPTER)
+    assert "model-v1" in run(["git", "tag"], repo).stdout
+    assert (repo / "registry.dvc").exists() and (repo / "models/champion.dvc").exists()
+    assert run(["git", "status", "--porcelain", "--untracked-files=no"], repo).stdout == ""
+    lineage = entry["lineage"]
+    assert set(lineage["sources"]) == {"data/sample/alpaca.jsonl", "data/sample/chat.jsonl",
+                                       "data/sample/preferences.jsonl"}  # fmt: skip
+    assert lineage["code_commit"] and lineage["chat_template"] and lineage["adapter"]["hash"]
+    assert "data/curriculum/rounds" in lineage["curriculum"] and lineage["judge"]["mt_bench"]
+    assert "tunefold-single" in lineage["judge_prompts"] and "flask" in lineage["judge_prompts"]
+    shown = run([*TUNEFOLD, "lineage", "model-v1"], repo).stdout
+    assert shown.startswith("model-v1  (promoted: first model") and "sources: data/sample/alpaca.jsonl=" in shown
+    assert "model-v1" in run([*TUNEFOLD, "lineage", "v9"], repo, check=False).stderr
+
+
+def test_overlapping_and_unchanged_cycles_are_skipped(promoted_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(promoted_repo, repo, symlinks=True)
+    env = {"PREFECT_HOME": str(tmp_path / "prefect-home"), **EPHEMERAL}
+    with WorkspaceLock(repo / ".tunefold/cycle.lock") as held:
+        assert held.acquired
+        proc = run([*TUNEFOLD, "cycle"], repo, env=env)
+    assert "another cycle is running" in proc.stdout + proc.stderr
+    assert "another cycle holds the workspace lock" in proc.stdout
+    out = run([*TUNEFOLD, "cycle"], repo, env=env).stdout  # nothing changed since model-v1
+    assert "candidate unchanged since model-v1" in out
+    assert len(registry(repo)) == 1
+
+
+def test_new_data_rejected_by_the_gate_then_checkout_restores_the_champion(promoted_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(promoted_repo, repo, symlinks=True)
+    v1_adapter = sha(repo / ADAPTER)
+    v1_data = (repo / "data/sample/alpaca.jsonl").read_text()
+    row = {"instruction": "Name three primary colours.", "input": "", "output": "Red, yellow and blue."}
+    (repo / "data/sample/alpaca.jsonl").write_text(v1_data + json.dumps(row) + "\n")
+    # Every MT-Bench difference counts as a tie, and the pairwise judgment is against the base model, not the
+    # champion: the gate must reject, whatever the embedded judge's scores are.
+    set_params(repo, cycle={"gate": {"max_parse_failure_rate": 1.0, "tie_margin": 100.0,
+                                     "mt_bench_tolerance": 100.0, "flask_tolerance": 5.0}})  # fmt: skip
+    out = run([*TUNEFOLD, "cycle"], repo, env={"PREFECT_HOME": str(tmp_path / "ph"), **EPHEMERAL}).stdout
+    first, second = registry(repo)
+    assert not second["promoted"] and second["tag"].startswith("challenger-") and second["tag"] in out
+    assert "no pairwise judgment against the champion" in second["reason"]
+    assert second["sources"]["data/sample/alpaca.jsonl"] != first["sources"]["data/sample/alpaca.jsonl"]
+    assert sha(repo / ADAPTER) != v1_adapter  # a new challenger was trained ...
+    assert sha(repo / "models/champion/adapter/adapter_model.safetensors") == v1_adapter  # ... the champion stays
+    assert second["tag"] in run(["git", "tag"], repo).stdout  # the rejected model stays inspectable
+
+    run(["git", "checkout", "-q", "model-v1"], repo)
+    run([sys.executable, "-m", "dvc", "checkout", "--force"], repo)
+    assert sha(repo / ADAPTER) == v1_adapter
+    assert (repo / "data/sample/alpaca.jsonl").read_text() == v1_data
+    assert len(registry(repo)) == 1  # the registry as it was at model-v1
+
+
+class Hook(BaseHTTPRequestHandler):
+    received: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        Hook.received.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_scheduled_cycle_fires_and_a_failed_cycle_notifies(
+    promoted_repo: Path, tmp_path: Path, prefect_server: dict[str, str]  # noqa: F811
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(promoted_repo, repo, symlinks=True)
+    hook = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
+    make_block = f"""
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+CustomWebhookNotificationBlock(name="ops", url={url!r}, json_data={{"text": "{{{{subject}}}}: {{{{body}}}}"}},
+                               allow_private_urls=True).save("ops", overwrite=True)
+"""
+    run([sys.executable, "-c", make_block], repo, env=prefect_server)
+
+    # A deployment served by `tunefold serve` on a 5-second interval: it fires, finds nothing new, completes.
+    set_params(repo, cycle={"interval_seconds": 5, "cron": None, "notify_block": "custom-webhook/ops"})
+    env = {**os.environ, **prefect_server, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([*TUNEFOLD, "serve"], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    query = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+async def main():
+    async with get_client() as c:
+        runs = await c.read_flow_runs()
+        print(json.dumps([[r.deployment_id is not None, r.state_type.value] for r in runs]))
+asyncio.run(main())
+"""
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            runs = json.loads(run([sys.executable, "-c", query], repo, env=prefect_server).stdout.splitlines()[-1])
+            if [True, "COMPLETED"] in runs:
+                break
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            time.sleep(3)
+        else:
+            raise AssertionError("no scheduled cycle completed:\n" + (tmp_path / "serve.log").read_text())
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        server.wait(timeout=60)
+    assert len(registry(repo)) == 1  # nothing new: no decision
+
+    # A cycle that fails (validation over its limit): the webhook hears of it, the champion and registry stay.
+    set_params(repo, validate={"max_tokens": 40})
+    proc = run([*TUNEFOLD, "cycle"], repo, check=False, env=prefect_server)
+    assert proc.returncode != 0
+    assert any("tunefold cycle failed" in m and "model-v1" in m for m in Hook.received), Hook.received
+    assert len(registry(repo)) == 1 and (repo / "models/champion/model.json").read_text().count("model-v1") == 1
+    hook.shutdown()

@@ -1,0 +1,86 @@
+"""The promotion gate's rules on hand-written scores, and the workspace lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunefold.config import GateSettings
+from tunefold.lock import WorkspaceLock
+from tunefold.promotion import Scores, decide
+
+GATE = GateSettings(mt_bench_tolerance=0.2, flask_tolerance=0.25, max_parse_failure_rate=0.1, tie_margin=0.1)
+
+
+def scores(mt: float | None, flask: dict[str, float] | None = None, failures: int = 0, pairwise: dict | None = None,
+           baseline: str | None = None) -> Scores:  # fmt: skip
+    return Scores(mt, 20, failures, flask or {"comprehension": 3.0, "factuality": 3.0}, 10, 0, pairwise, baseline)
+
+
+def test_first_model_is_promoted_when_its_judgments_parse() -> None:
+    d = decide(scores(5.0), None, GATE, None)
+    assert d.promote and "first model" in d.reason
+    d = decide(scores(5.0, failures=4), None, GATE, None)  # 4 of 34 replies unparseable > 10%
+    assert not d.promote and d.reason.startswith("rejected by parse_failure_rate: 0.1176")
+    assert not decide(scores(None), None, GATE, None).promote  # nothing was scored
+
+
+def test_better_challenger_is_promoted_with_every_number_recorded() -> None:
+    d = decide(scores(6.0), scores(5.5), GATE, "model-v1")
+    assert d.promote
+    checks = {c.name: c for c in d.checks}
+    assert checks["mt_bench_not_worse"].challenger == 6.0 and checks["mt_bench_not_worse"].champion == 5.5
+    assert {"flask:comprehension", "flask:factuality", "parse_failure_rate"} <= set(checks)
+
+
+@pytest.mark.parametrize(
+    ("challenger", "reason"),
+    [
+        (scores(5.25), "rejected by mt_bench_not_worse"),  # 0.25 below, tolerance 0.2
+        (scores(7.0, {"comprehension": 3.5, "factuality": 2.7}), "rejected by flask:factuality"),  # -0.3 > 0.25
+    ],
+)
+def test_regressions_beyond_tolerance_are_rejected(challenger: Scores, reason: str) -> None:
+    d = decide(challenger, scores(5.5), GATE, "model-v1")
+    assert not d.promote and d.reason.startswith(reason)
+
+
+def test_within_tolerance_is_not_a_regression() -> None:
+    assert decide(scores(5.4, {"comprehension": 2.8, "factuality": 3.0}), scores(5.2), GATE, "model-v1").promote
+
+
+def test_ties_are_decided_pairwise_against_the_champion_only() -> None:
+    champion = scores(5.5)
+    won = scores(5.55, pairwise={"win": 5, "tie": 3, "loss": 2}, baseline="model-v1")
+    lost = scores(5.55, pairwise={"win": 2, "tie": 3, "loss": 5}, baseline="model-v1")
+    against_base = scores(5.55, pairwise={"win": 9, "tie": 0, "loss": 0}, baseline="base")
+    assert decide(won, champion, GATE, "model-v1").promote
+    assert not decide(lost, champion, GATE, "model-v1").promote
+    d = decide(against_base, champion, GATE, "model-v1")  # wins against another model say nothing here
+    assert not d.promote and "no pairwise judgment against the champion" in d.reason
+    no_tiebreak = GATE.model_copy(update={"tie_margin": -1.0})
+    assert decide(against_base, champion, no_tiebreak, "model-v1").promote
+
+
+def test_lock_admits_one_holder_and_is_freed_when_its_holder_dies(tmp_path: Path) -> None:
+    path = tmp_path / "cycle.lock"
+    with WorkspaceLock(path) as first:
+        assert first.acquired
+        with WorkspaceLock(path) as second:
+            assert not second.acquired and second.holder().startswith("pid ")
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from tunefold.lock import WorkspaceLock
+with WorkspaceLock(__import__("pathlib").Path({str(path)!r})) as l:
+    print(l.acquired, flush=True); time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
+    with WorkspaceLock(path) as blocked:
+        assert not blocked.acquired
+    holder.kill()  # SIGKILL: no cleanup code runs, the kernel drops the lock
+    holder.wait()
+    with WorkspaceLock(path) as after:
+        assert after.acquired
