@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunefold.config import EvalConfig, Params
 from tunefold.errors import InputError
+from tunefold.fanout import fan_out
 from tunefold.io import write_jsonl
 from tunefold.judge import ask_judge
 from tunefold.llm import Gateway
@@ -85,6 +87,31 @@ def judge_pairs(
     return gw.map("judge", one, jobs, desc=f"pairwise {m1} vs {m2}")
 
 
+def judge_questions(gw: Gateway, cfg: EvalConfig, questions: list[Question], cand: dict[int, list[str]],
+                    base: dict[int, list[str]] | None, prompts: dict) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """Single-answer judgments of the candidate (and the baseline), and pairwise ones when asked for."""
+    as_json = cfg.judge_output == "json"
+    single = judge_single(gw, cfg.candidate.model_id, questions, cand, prompts, as_json)
+    pairs: list[dict[str, Any]] = []
+    if base is not None:
+        single += judge_single(gw, cfg.baseline.model_id, questions, base, prompts, as_json)
+        pairs = judge_pairs(gw, cfg.candidate.model_id, cfg.baseline.model_id, questions, cand, base, prompts, as_json)
+    return single, pairs
+
+
+def judge_shard(questions: list[Question], params: Params, cand: dict[int, list[str]],
+                base: dict[int, list[str]] | None, prompts: dict) -> tuple[list[dict], list[dict], dict]:  # fmt: skip
+    """One Dask worker's share: its own gateway (and embedded server); returns its LLM metrics too."""
+    with Gateway(params.llm, stage="mt_bench") as gw:
+        single, pairs = judge_questions(gw, params.eval, questions, cand, base, prompts)
+        return single, pairs, gw.metrics()
+
+
+def _order(rows: list[dict[str, Any]], candidate: str) -> list[dict[str, Any]]:
+    """One row order however the work was split: candidate first, then by question and turn."""
+    return sorted(rows, key=lambda r: (r.get("model", r.get("model_1")) != candidate, r["question_id"], r["turn"]))
+
+
 def run_mt_bench(ctx: StageContext, answers_dir: Path, out_dir: Path) -> dict[str, Any]:
     cfg = ctx.params.eval
     mt = cfg.mt_bench
@@ -95,16 +122,21 @@ def run_mt_bench(ctx: StageContext, answers_dir: Path, out_dir: Path) -> dict[st
     missing = [q.question_id for q in questions if q.question_id not in cand]
     if missing:
         raise InputError(f"no answers of {cfg.candidate.model_id} for questions {missing[:10]}; run `generate` first")
+    base = load_answers(answers_dir / f"{cfg.baseline.model_id}.jsonl") if mt.pairwise else None
     gw = ctx.gateway
     judge = re.sub(r"[^A-Za-z0-9._-]+", "-", gw.endpoint("judge").model)
-    as_json = cfg.judge_output == "json"
-    single = judge_single(gw, cfg.candidate.model_id, questions, cand, prompts, as_json)
     metrics: dict[str, Any] = {"judge": judge, "candidate": cfg.candidate.model_id}
-    pairs: list[dict[str, Any]] = []
-    if mt.pairwise:
-        base = load_answers(answers_dir / f"{cfg.baseline.model_id}.jsonl")
-        single += judge_single(gw, cfg.baseline.model_id, questions, base, prompts, as_json)
-        pairs = judge_pairs(gw, cfg.candidate.model_id, cfg.baseline.model_id, questions, cand, base, prompts, as_json)
+    if cfg.fanout.workers > 1 or cfg.fanout.address:
+        n = cfg.fanout.shards or max(cfg.fanout.workers, 1)
+        shards = [questions[i::n] for i in range(n) if questions[i::n]]
+        log.info("judging %d questions in %d shards on Dask workers", len(questions), len(shards))
+        done = fan_out(judge_shard, shards, cfg.fanout, params=ctx.params, cand=cand, base=base, prompts=prompts)
+        single, pairs = [r for s, _, _ in done for r in s], [r for _, p, _ in done for r in p]
+        metrics["llm_shards"] = [m for _, _, m in done]
+    else:
+        single, pairs = judge_questions(gw, cfg, questions, cand, base, prompts)
+    single, pairs = _order(single, cfg.candidate.model_id), _order(pairs, cfg.candidate.model_id)
+    if base is not None:
         metrics["pairwise_vs_" + cfg.baseline.model_id] = aggregate_pairs(pairs)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / f"{judge}_single.jsonl", single)

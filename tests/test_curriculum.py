@@ -122,6 +122,9 @@ def test_bad_target_distributions_fail_at_load(tmp_path: Path) -> None:
         load_params(_params_with(tmp_path, {"target": {"math": 0.5, "poetry": 0.5}}))
     with pytest.raises(ParamsError, match="hard share must be in"):
         load_params(_params_with(tmp_path, {"hard_share": [0.5, 1.5]}))
+    # Three planned rounds, two trained: r3 would be written and never used.
+    with pytest.raises(ParamsError, match=r"curriculum rounds \['r1', 'r2'\] but .* plans \['r1', 'r2', 'r3'\]"):
+        load_params(_params_with(tmp_path, {"hard_share": [0.2, 0.5, 0.8]}))
 
 
 # --- the stages against the embedded teacher, judge and student ---------------------------------------------------

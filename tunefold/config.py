@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunefold.errors import ParamsError
 
 DEFAULT_PARAMS = Path("params.yaml")
+CURRICULUM_ROUNDS = Path("data/curriculum/rounds")  # plan_curriculum writes r1.jsonl ... here
 
 
 class Section(BaseModel):
@@ -209,6 +210,14 @@ class FlaskSettings(Section):
     annotate: bool = Field(True, description="let the judge label instances that lack skills/domains/difficulty")
 
 
+class FanoutSettings(Section):
+    """Judge calls spread over Dask workers (a Prefect Dask task runner); 0 or 1 worker: in the stage's process."""
+
+    workers: int = Field(0, ge=0, description="worker processes of a local Dask cluster")
+    address: str | None = Field(None, description="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    shards: int | None = Field(None, ge=1, description="pieces of work (default: one per worker)")
+
+
 class EvalConfig(Section):
     candidate: CandidateSettings = CandidateSettings(model_id="candidate", adapter="models/dpo/adapter")
     baseline: CandidateSettings = CandidateSettings(model_id="base")
@@ -222,6 +231,7 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(1024, ge=1)
     batch_size: int = Field(8, ge=1)
     seed: int = 0
+    fanout: FanoutSettings = FanoutSettings()
 
 
 TASK_TYPES = (
@@ -395,6 +405,20 @@ class Params(Section):
     cycle: CycleConfig = CycleConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _rounds_match_the_plan(self) -> Params:
+        """Training rounds that read the curriculum's files must be exactly the rounds the plan writes."""
+        if self.train is None:
+            return self
+        planned = {f"r{k}" for k in range(1, len(self.curriculum.plan.hard_share) + 1)}
+        used = {Path(r.data).stem for r in self.train.rounds.values() if Path(r.data).parent == CURRICULUM_ROUNDS}
+        if used and used != planned:
+            raise ValueError(
+                f"train.rounds read curriculum rounds {sorted(used)} but curriculum.plan.hard_share plans "
+                f"{sorted(planned)}: give hard_share one entry per training round"
+            )
+        return self
 
 
 def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
