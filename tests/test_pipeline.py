@@ -184,7 +184,8 @@ asyncio.run(main())
     found = json.loads(run([sys.executable, "-c", query], repo, env=prefect_server).stdout.strip().splitlines()[-1])
     assert [state for _, state in found["flows"]] == ["COMPLETED"]
     stages = sorted(["prepare_model", "ingest", "validate", "annotate", "synthesize", "difficulty", "refine",
-                     "plan_curriculum", "sft@r1", "sft@r2", "dpo", "generate", "mt_bench", "flask", "report"])
+                     "plan_curriculum", "sft@r1", "sft@r2", "dpo", "generate", "mt_bench", "flask", "sentence_scores",
+                     "report"])
     assert found["tasks"] == [[name, "COMPLETED"] for name in stages]
     assert {"stage-ingest", "stage-validate", "stage-prepare-model", "stage-sft-r1", "stage-dpo"} <= set(
         found["artifacts"]
@@ -220,7 +221,10 @@ def test_api_key_lands_nowhere_in_a_pipeline_run(reproduced_repo: Path, tmp_path
     server = EmbeddedServer(EmbeddedServerConfig()).start()
     try:
         params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["llm"]["judge"] |= {"base_url": server.base_url, "model": server.alias, "api_key_env": "JUDGE_KEY"}
+        # llama.cpp constrains JSON to a schema: ask for that, as a user of such a server would (the curriculum
+        # stages re-run too, since they also ask the judge)
+        params["llm"]["judge"] |= {"base_url": server.base_url, "model": server.alias, "api_key_env": "JUDGE_KEY",
+                                   "json_mode": "json_object_schema"}  # fmt: skip
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         proc = run([*DVC, "repro", "report"], repo, env={"JUDGE_KEY": secret})
     finally:
