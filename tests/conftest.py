@@ -22,6 +22,7 @@ os.environ.update(
     PREFECT_SERVER_ANALYTICS_ENABLED="false",
     DO_NOT_TRACK="1",
     TOKENIZERS_PARALLELISM="false",
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",  # a fresh PREFECT_HOME migrates its database first
 )
 
 

@@ -120,6 +120,53 @@ def test_new_data_rejected_by_the_gate_then_checkout_restores_the_champion(promo
     assert len(registry(repo)) == 1  # the registry as it was at model-v1
 
 
+RUNS = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+async def main():
+    async with get_client() as c:
+        runs = await c.read_flow_runs()
+        print(json.dumps([[r.deployment_id is not None, r.state_type.value] for r in runs]))
+asyncio.run(main())
+"""
+
+
+def wait_for_deployment_run(repo: Path, server_env: dict[str, str], proc: subprocess.Popen, log: Path) -> None:
+    """Until a flow run of a deployment has completed (the schedule fired and the run finished)."""
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        runs = json.loads(run([sys.executable, "-c", RUNS], repo, env=server_env).stdout.splitlines()[-1])
+        if [True, "COMPLETED"] in runs:
+            return
+        assert [True, "FAILED"] not in runs and [True, "CRASHED"] not in runs, log.read_text()
+        assert proc.poll() is None, log.read_text()
+        time.sleep(3)
+    raise AssertionError("no scheduled cycle completed:\n" + log.read_text())
+
+
+def test_process_work_pool_runs_the_deployed_cycle(
+    promoted_repo: Path, tmp_path: Path, prefect_server: dict[str, str]  # noqa: F811
+) -> None:
+    """`tunefold deploy --pool` on a process work pool; `prefect worker start` picks up the scheduled run."""
+    repo = tmp_path / "repo"
+    shutil.copytree(promoted_repo, repo, symlinks=True)
+    set_params(repo, cycle={"interval_seconds": 5, "cron": None})
+    prefect = str(Path(sys.executable).parent / "prefect")
+    run([prefect, "work-pool", "create", "--type", "process", "cpu"], repo, env=prefect_server)
+    out = run([*TUNEFOLD, "deploy", "--pool", "cpu"], repo, env=prefect_server).stdout
+    assert "prefect worker start --pool cpu" in out
+    env = {**os.environ, **prefect_server, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen([prefect, "worker", "start", "--pool", "cpu"], cwd=repo, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        wait_for_deployment_run(repo, prefect_server, worker, tmp_path / "worker.log")
+    finally:
+        os.killpg(worker.pid, signal.SIGINT)  # a worker ignores SIGTERM once its server is gone (STACK.md)
+        worker.wait(timeout=60)
+    assert len(registry(repo)) == 1  # the candidate is the champion: the run decided nothing
+
+
 class Hook(BaseHTTPRequestHandler):
     received: ClassVar[list[str]] = []
 
@@ -153,25 +200,8 @@ CustomWebhookNotificationBlock(name="ops", url={url!r}, json_data={{"text": "{{{
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen([*TUNEFOLD, "serve"], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)  # fmt: skip
-    query = """
-import asyncio, json
-from prefect.client.orchestration import get_client
-async def main():
-    async with get_client() as c:
-        runs = await c.read_flow_runs()
-        print(json.dumps([[r.deployment_id is not None, r.state_type.value] for r in runs]))
-asyncio.run(main())
-"""
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            runs = json.loads(run([sys.executable, "-c", query], repo, env=prefect_server).stdout.splitlines()[-1])
-            if [True, "COMPLETED"] in runs:
-                break
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()
-            time.sleep(3)
-        else:
-            raise AssertionError("no scheduled cycle completed:\n" + (tmp_path / "serve.log").read_text())
+        wait_for_deployment_run(repo, prefect_server, server, tmp_path / "serve.log")
     finally:
         os.killpg(server.pid, signal.SIGINT)
         server.wait(timeout=60)
