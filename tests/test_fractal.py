@@ -1,0 +1,356 @@
+"""FRACTAL: splitter hard cases, aggregations, pseudo-labels, the scorer against known sentence truth, bad input,
+preference pairs, and the `sentence_scores` stage end to end on hand-written judgments (no LLM needed)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tasks.report import build_summary, render
+from tasks.sentence_scores import main as sentence_scores_main
+from tunefold.config import FractalConfig
+from tunefold.errors import InputError
+from tunefold.fractal.aggregate import pseudo_labels, soft_aggregate
+from tunefold.fractal.auc import auc_roc
+from tunefold.fractal.highlight import lowest_sentences
+from tunefold.fractal.pairs import preference_pairs, truncated_pair
+from tunefold.fractal.scorer import BagData, Scorer, mlp, train_scorer
+from tunefold.fractal.split import split_sentences, split_spans
+from tunefold.records import Message, Record, make_record, read_records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_splitter_hard_cases() -> None:
+    text = (
+        "# Plan\n"
+        "Dr. Smith moved to the U.S. in 1990. He paid $3.14 for it, i.e. a bargain! Was it worth it? "
+        '"Yes." Then J. R. R. Tolkien wrote e.g. Paris.\n'
+        "It wraps\nacross lines... And ends.\n\n"
+        "1. First step. Still the first item.\n"
+        "2) Second step\n   continued here.\n"
+        "   - nested item\n"
+        "- bullet\n\n"
+        "```python\nx = 1. + 2.\nprint(x)\n```\n"
+        "| a | b |\n|---|---|\n"
+        "Version 2.0 is out. 42 is the answer."
+    )
+    assert split_sentences(text) == [
+        "# Plan",
+        "Dr. Smith moved to the U.S. in 1990.",
+        "He paid $3.14 for it, i.e. a bargain!",
+        "Was it worth it?",
+        '"Yes."',
+        "Then J. R. R. Tolkien wrote e.g. Paris.",
+        "It wraps\nacross lines...",
+        "And ends.",
+        "1. First step. Still the first item.",
+        "2) Second step\n   continued here.",
+        "- nested item",
+        "- bullet",
+        "```python\nx = 1. + 2.\nprint(x)\n```",
+        "| a | b |\n|---|---|",
+        "Version 2.0 is out.",
+        "42 is the answer.",
+    ]
+    spans = split_spans(text)
+    assert all(text[s.start : s.end] == s.text for s in spans)
+    assert [s.kind for s in spans][:2] == ["header", "sentence"] and spans[12].kind == "code"
+
+
+def test_splitter_edge_cases() -> None:
+    assert split_sentences("") == [] and split_sentences("  \n\n ") == []
+    assert split_sentences("no final punctuation") == ["no final punctuation"]
+    assert split_sentences("Mr. and Mrs. Smith arrived at 5 p.m. on time.") == [
+        "Mr. and Mrs. Smith arrived at 5 p.m. on time."
+    ]
+    # an unclosed code fence runs to the end; lower-case after a period is not a new sentence
+    assert split_sentences("Run this:\n```\nrm -rf build. then\nmake") == ["Run this:", "```\nrm -rf build. then\nmake"]
+    assert split_sentences("Wait! really? Yes.") == ["Wait! really?", "Yes."]
+    assert split_sentences("No. Anna is taller (see Fig. 2). OK.") == ["No.", "Anna is taller (see Fig. 2).", "OK."]
+
+
+def test_soft_aggregate() -> None:
+    scores = torch.tensor([[0.2, 0.9, 0.5, 0.0], [0.7, 0.7, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    assert torch.allclose(soft_aggregate(scores, mask, "avg", 0.1), torch.tensor([1.6 / 3, 0.7]))
+    sharp_max = soft_aggregate(scores, mask, "max", 0.001)
+    sharp_min = soft_aggregate(scores, mask, "min", 0.001)
+    assert torch.allclose(sharp_max, torch.tensor([0.9, 0.7]), atol=0.01)  # padding (0.0) never counts
+    assert torch.allclose(sharp_min, torch.tensor([0.2, 0.7]), atol=0.01)
+    smooth = soft_aggregate(scores, mask, "min", 0.1)
+    assert (smooth[0] > 0.2) and (smooth[0] < 1.6 / 3)  # between the hard min and the mean
+    assert torch.allclose(soft_aggregate(scores, mask, "max", 1e4), torch.tensor([1.6 / 3, 0.7]), atol=1e-3)
+    smooth[0].backward()
+    assert (scores.grad[0, :3] > 0).all() and scores.grad[0, 3] == 0  # every real sentence gets a gradient
+
+
+@pytest.mark.parametrize(
+    ("scores", "label", "how", "expected"),
+    [
+        ([0.9, 0.6, 0.8], 0, "min", [1, 0, 1]),  # MIN bag labelled 0, none low: the lowest is flipped to 0
+        ([0.9, 0.3, 0.2], 0, "min", [1, 0, 0]),  # already agrees: nothing flipped
+        ([0.9, 0.3], 1, "min", [1, 1]),  # MIN labelled 1: every sentence good
+        ([0.1, 0.4, 0.2], 1, "max", [0, 1, 0]),  # MAX labelled 1, none high: the highest is flipped to 1
+        ([0.7, 0.2], 0, "max", [0, 0]),
+        ([0.9, 0.8, 0.1, 0.7], 0.5, "avg", [1, 1, 0, 0]),  # exactly round(0.5 * 4) = 2 ones, the highest
+        ([0.1, 0.2, 0.3], 0.7, "avg", [0, 1, 1]),
+        ([0.6, 0.9], 0.3, "min", [0, 1]),  # a proportion below 0.5 counts as a negative bag
+        ([], 1, "min", []),
+    ],
+)
+def test_pseudo_labels(scores: list[float], label: float, how: str, expected: list[int]) -> None:
+    assert pseudo_labels(scores, label, how) == expected  # type: ignore[arg-type]
+
+
+def test_auc() -> None:
+    assert auc_roc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    assert auc_roc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+    assert auc_roc([1, 0], [0.9, 0.1]) == 1.0
+    with pytest.raises(ValueError, match="both positive and negative"):
+        auc_roc([1, 1], [0.2, 0.3])
+
+
+def _synthetic(how: str, bad_share: float, bags: int, seed: int, dim: int = 16) -> tuple[BagData, list[int]]:
+    """Gaussian sentence features; a sentence is bad when it lies beyond a hyperplane (the same for every seed);
+    response label = MIN or MAX of the sentences' truth; contexts are noise."""
+    direction = torch.nn.functional.normalize(torch.randn(dim, generator=torch.Generator().manual_seed(0)), dim=0)
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    cut = float(torch.distributions.Normal(0, 1).icdf(torch.tensor(1 - bad_share)))
+    sentences, truth, labels = [], [], []
+    for _ in range(bags):
+        x = torch.randn(rng.randint(2, 6), dim, generator=gen)
+        good = [int(v) for v in (x @ direction < cut)]
+        sentences.append(torch.nn.functional.normalize(x, dim=-1))
+        truth += good
+        labels.append(float(min(good) if how == "min" else max(good)))
+    contexts = torch.nn.functional.normalize(torch.randn(bags, dim, generator=gen), dim=-1)
+    return BagData.build(sentences, contexts, labels), truth
+
+
+FAST = FractalConfig(hidden_dim=32, epochs=25, batch_size=16, lambda_cos=0.0, lambda_corr=0.05, temperature=0.1)
+
+
+@pytest.mark.parametrize(("how", "bad_share"), [("min", 0.25), ("max", 0.7)])
+def test_scorer_beats_response_label_baseline(how: str, bad_share: float) -> None:
+    train, _ = _synthetic(how, bad_share, 300, seed=1)
+    test, truth = _synthetic(how, bad_share, 150, seed=2)
+    cfg = FAST.model_copy(update={"aggregation": how})
+    scorer, stats = train_scorer(train, cfg)
+    fractal = auc_roc(truth, scorer.predict(test).tolist())
+    baseline = auc_roc(truth, test.labels[test.bag_of].tolist())
+    assert fractal > 0.9 and fractal > baseline + 0.2, (fractal, baseline)
+    assert stats["pseudo_label_flips"] >= 0 and not stats["degenerate_labels"]
+    short = cfg.model_copy(update={"epochs": 2})  # deterministic given the seed
+    assert torch.equal(train_scorer(train, short)[0].predict(test), train_scorer(train, short)[0].predict(test))
+
+
+def test_all_same_labels_fall_back_to_priors(caplog: pytest.LogCaptureFixture) -> None:
+    data, _ = _synthetic("min", 0.0, 40, seed=3)
+    assert set(data.labels.tolist()) == {1.0}
+    cfg = FAST.model_copy(update={"lambda_cos": 0.2, "lambda_corr": 0.0, "epochs": 150})
+    with caplog.at_level(logging.WARNING, logger="tunefold"):
+        scorer, stats = train_scorer(data, cfg)
+    assert stats["degenerate_labels"] and "same label" in caplog.text and "pseudo_label_flips" not in stats
+    # the scores follow the cosine prior: their ranking agrees with it
+    prior = data.prior()
+    above = [int(p > prior.median()) for p in prior.tolist()]
+    assert auc_roc(above, scorer.predict(data).tolist()) > 0.8
+    with pytest.raises(InputError, match="same label"):
+        train_scorer(data, cfg.model_copy(update={"lambda_cos": 0.0}))
+    unlabelled = BagData(data.sentences, data.contexts, data.bag_of, torch.full_like(data.labels, float("nan")))
+    with pytest.raises(InputError, match="no response has a usable judge label"):
+        train_scorer(unlabelled, cfg)
+
+
+def test_truncated_pair() -> None:
+    answer = "Paris is the capital of France. It lies on the Seine.\n\nIts population is 90 million. Visit it."
+    record = make_record([Message(role="user", content="Tell me about Paris."),
+                          Message(role="assistant", content=answer)], "t.jsonl:1")  # fmt: skip
+    spans = split_spans(answer)
+    pair = truncated_pair(record, spans, [0.9, 0.8, 0.1, 0.7], low=0.5)
+    assert pair is not None
+    assert pair.response == "Paris is the capital of France. It lies on the Seine." and pair.rejected == answer
+    assert pair.prompt == record.prompt and pair.metadata["parent_id"] == record.id
+    assert pair.metadata["fractal"] == {"kept_sentences": 2, "dropped_sentences": 2, "first_low_score": 0.1}
+    assert truncated_pair(record, spans, [0.2, 0.9, 0.9, 0.9], low=0.5) is None  # nothing good to keep
+    assert truncated_pair(record, spans, [0.9, 0.9, 0.9, 0.6], low=0.5) is None  # nothing low
+
+
+class _KeywordEmbedder:
+    """Stands in for the sentence encoder: [1, 0] for a text saying 'wrong', else [0, 1]."""
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        return torch.tensor([[1.0, 0.0] if "wrong" in t else [0.0, 1.0] for t in texts])
+
+
+def test_preference_pairs_from_a_known_scorer() -> None:
+    linear = mlp(6, 1, 0)  # score = sigmoid(-6·[wrong] + 6·[other]); the context parts weigh nothing
+    with torch.no_grad():
+        linear[0].weight.copy_(torch.tensor([[-6.0, 6.0, 0.0, 0.0, 0.0, 0.0]]))
+        linear[0].bias.zero_()
+    scorer = Scorer(linear, {})
+
+    def rec(answer: str, rejected: str | None = None) -> Record:
+        msgs = [Message(role="user", content="Q?"), Message(role="assistant", content=answer)]
+        return make_record(msgs, "x.jsonl:1", rejected=rejected)
+
+    records = [rec("Good start. Still good.\n\n- this is wrong\n- fine again"), rec("That is wrong. Good."),
+               rec("All good. Really."), rec("Fine. This is wrong.", rejected="Bad."), rec("")]  # fmt: skip
+    pairs, stats = preference_pairs(records, scorer, _KeywordEmbedder(), FractalConfig())  # type: ignore[arg-type]
+    assert [(p.response, p.rejected) for p in pairs] == [("Good start. Still good.", records[0].response)]
+    meta = pairs[0].metadata["fractal"]
+    assert (meta["kept_sentences"], meta["dropped_sentences"]) == (2, 2) and meta["first_low_score"] < 0.01
+    assert stats == {"records": 5, "already_pairs": 1, "scored": 3, "pairs": 1}
+
+
+# --- the stage, end to end, on hand-written files --------------------------------------------------------------
+
+QUESTIONS = [
+    {"question_id": 1, "category": "writing", "turns": ["Describe a steel water bottle.", "Now as a slogan."]},
+    {"question_id": 2, "category": "math", "turns": ["What is 2 + 2?", "And 3 + 3?"]},
+    {"question_id": 3, "category": "stem", "turns": ["Why is the sky blue?", "Why are sunsets red?"]},
+]
+REFERENCES = [{"question_id": 2, "answer_id": "r2", "model_id": "ref", "tstamp": 0,
+               "choices": [{"index": 0, "turns": ["2 + 2 = 4.", "3 + 3 = 6."]}]}]  # fmt: skip
+ANSWERS = {
+    "candidate": {
+        1: ["A steel bottle keeps drinks cold for a day. It is dishwasher safe. Bananas are a kind of berry.",
+            "Cold for hours, kind to the planet."],
+        2: ["2 + 2 = 4. Therefore, the answer is 4.", "3 + 3 = 7. The result is 7, as 3 times 3 is 7."],
+        3: ["Sunlight scatters off air molecules. Blue light scatters most (Rayleigh scattering). I like cats.",
+            ""],
+    },
+    "base": {
+        1: ["Steel bottles are bottles. The weather is nice today. Water is wet.", "Bottle."],
+        2: ["The answer is 5. Math is hard.", "- 3 + 3 = 6\n- checked twice"],
+        3: ["The sky is blue because the ocean reflects it. Clouds are white.", "Dust scatters red light."],
+    },
+}  # fmt: skip
+RATINGS = {("candidate", 1, 1): 6, ("candidate", 1, 2): 8, ("candidate", 2, 1): 9, ("candidate", 2, 2): 2,
+           ("candidate", 3, 1): 7, ("candidate", 3, 2): 1, ("base", 1, 1): 3, ("base", 1, 2): -1,
+           ("base", 2, 1): 1, ("base", 2, 2): 8, ("base", 3, 1): 2, ("base", 3, 2): 5}  # fmt: skip
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _workspace(tmp: Path, ratings: dict[tuple[str, int, int], int], answers: dict = ANSWERS, **fractal) -> Path:
+    _jsonl(tmp / "q.jsonl", QUESTIONS)
+    _jsonl(tmp / "ref.jsonl", REFERENCES)
+    for model, by_q in answers.items():
+        _jsonl(tmp / "answers" / f"{model}.jsonl", [
+            {"question_id": q, "answer_id": f"{model}-{q}", "model_id": model, "tstamp": 0,
+             "choices": [{"index": 0, "turns": turns}]} for q, turns in by_q.items()])  # fmt: skip
+    _jsonl(tmp / "judgments" / "judge_single.jsonl", [
+        {"question_id": q, "model": m, "turn": t, "score": s, "judgment": "...", "category": "x"}
+        for (m, q, t), s in ratings.items()])  # fmt: skip
+    # the candidate's turn-1 answers without a reference as training records: same context, same scores
+    records = _jsonl(tmp / "records.jsonl", [json.loads(make_record(
+        [Message(role="user", content=QUESTIONS[q - 1]["turns"][0]), Message(role="assistant", content=answers[
+            "candidate"][q][0])], f"r.jsonl:{q}").model_dump_json()) for q in (1, 3)])  # fmt: skip
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["eval"]["mt_bench"] |= {"questions": str(tmp / "q.jsonl"), "references": str(tmp / "ref.jsonl")}
+    params["fractal"] = {"epochs": 15, "hidden_dim": 32, "preference_pairs": True, "pairs_from": str(records),
+                         **fractal}  # fmt: skip
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp
+
+
+def _flask_files(tmp: Path) -> list[str]:
+    """Two FLASK instances judged for both models: rated, N/A only, and a parse failure."""
+    _jsonl(tmp / "flask_judgment" / "instances.jsonl", [
+        {"idx": 0, "instruction": "Name a prime number.", "answer": "7 is prime."},
+        {"idx": 1, "instruction": "Explain tides.", "answer": "The Moon's gravity pulls the oceans."}])  # fmt: skip
+    _jsonl(tmp / "flask_judgment" / "judge.jsonl", [
+        {"idx": 0, "model": "candidate", "scores": {"Correctness": 4.0, "Conciseness": 5.0}},
+        {"idx": 0, "model": "base", "scores": {"Correctness": 1.0, "Conciseness": None}},
+        {"idx": 1, "model": "candidate", "scores": None},
+        {"idx": 1, "model": "base", "scores": {"Correctness": None}}])  # fmt: skip
+    answers = {"candidate": ["7 is prime. It has no divisors but 1 and 7.", "The Moon pulls water."],
+               "base": ["9 is prime. Primes are odd.", "Tides are waves. Wind makes them."]}  # fmt: skip
+    for model, texts in answers.items():
+        _jsonl(tmp / "flask_answer" / f"{model}.jsonl", [{"idx": i, "answer": a} for i, a in enumerate(texts)])
+    return ["--flask-judgments", str(tmp / "flask_judgment"), "--flask-answers", str(tmp / "flask_answer")]
+
+
+def _run_stage(tmp: Path, *extra: str) -> int:
+    return sentence_scores_main(["--params", str(tmp / "params.yaml"), "--judgments", str(tmp / "judgments"),
+                                 "--answers", str(tmp / "answers"), "--out", str(tmp / "out"), "--scorer",
+                                 str(tmp / "scorer.pt"), "--metrics", str(tmp / "m.json"), *extra])  # fmt: skip
+
+
+def test_stage_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ws = _workspace(tmp_path, RATINGS)
+    flask = _flask_files(ws)
+    with caplog.at_level(logging.INFO, logger="tunefold"):
+        assert _run_stage(ws, *flask) == 0
+    rows = [json.loads(x) for x in (ws / "out" / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == len(RATINGS) + 4  # every judged answer, the empty and the unparsed ones included
+    by_key = {(r["model"], r["question_id"], r["turn"]): r for r in rows if r["source"] == "mt_bench"}
+    first = by_key[("candidate", 1, 1)]
+    assert [s["text"] for s in first["sentences"]] == split_sentences(ANSWERS["candidate"][1][0])
+    assert all(0 <= s["score"] <= 1 for r in rows for s in r["sentences"])
+    assert first["label"] == 0.0 and by_key[("candidate", 1, 2)]["label"] == 1.0  # 6/10 < 0.7 <= 8/10
+    assert first["response_score"] == min(s["score"] for s in first["sentences"])  # aggregation: min
+    assert by_key[("base", 1, 2)]["label"] is None and by_key[("base", 1, 2)]["sentences"]  # parse failure: scored
+    assert by_key[("candidate", 3, 2)]["sentences"] == []  # empty answer
+    metrics = json.loads((ws / "m.json").read_text())
+    assert metrics["answers"] == 16 and metrics["parse_failures"] == 3 and metrics["empty_answers"] == 1
+    assert metrics["one_sentence_answers"] == 4 and metrics["train"]["responses"] == 12
+    flask_rows = {(r["model"], r["idx"]): r for r in rows if r["source"] == "flask"}
+    assert flask_rows[("candidate", 0)]["judge_score"] == 0.9 and flask_rows[("candidate", 0)]["label"] == 1.0
+    assert flask_rows[("base", 0)]["label"] == 0.0 and flask_rows[("base", 1)]["label"] is None  # N/A only
+    assert "1 judged answer(s) are empty" in caplog.text and "no usable rating" in caplog.text
+    # the saved scorer reproduces the scores; the DPO pairs are records with `rejected`
+    scorer = Scorer.load(ws / "scorer.pt")
+    assert scorer.meta["aggregation"] == "min" and scorer.meta["embedding_model"] == "embedded"
+    expected = []
+    for record in read_records(ws / "records.jsonl"):
+        q = int(record.source.split(":")[1])
+        scores = [s["score"] for s in by_key[("candidate", q, 1)]["sentences"]]
+        pair = truncated_pair(record, split_spans(record.response), scores, low=0.5)
+        expected += [pair] if pair else []
+    assert read_records(ws / "out" / "preference_pairs.jsonl", allow_empty=True) == expected
+    assert metrics["preference_pairs"] == {"records": 2, "already_pairs": 0, "scored": 2, "pairs": len(expected)}
+    # the report's view: the candidate's answers with their lowest-scored sentences
+    lowest = lowest_sentences(ws / "out" / "scores.jsonl", "candidate", n=2)
+    assert set(lowest) == {(1, 1), (1, 2), (2, 1), (2, 2), (3, 1)}
+    assert len(lowest[(1, 1)]) == 2 and lowest[(1, 1)][0]["score"] <= lowest[(1, 1)][1]["score"]
+    worst = [{"question_id": 1, "turn": 1, "score": 6, "question": "q", "answer": "a", "judgment": "j",
+              "lowest_sentences": lowest[(1, 1)]}]  # fmt: skip
+    markdown, _ = render(build_summary({}, {}, "candidate", "base"), None, worst, {})
+    low = lowest[(1, 1)][0]
+    assert f"- lowest-scored sentence ({low['score']:.2f}): {low['text']}" in markdown
+    # same inputs, same seed: the same scores
+    first_scores = (ws / "out" / "scores.jsonl").read_text()
+    assert _run_stage(ws, *flask) == 0 and (ws / "out" / "scores.jsonl").read_text() == first_scores
+
+
+def test_stage_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    same = {k: 9 for k in RATINGS}  # every answer rated good: warn, scores from the priors
+    ws = _workspace(tmp_path / "same", same, pseudo_label=True)
+    with caplog.at_level(logging.WARNING, logger="tunefold"):
+        assert _run_stage(ws) == 0
+    assert "same label" in caplog.text and json.loads((ws / "m.json").read_text())["train"]["degenerate_labels"]
+    empty = {m: {q: ["", ""] for q in (1, 2, 3)} for m in ANSWERS}
+    ws = _workspace(tmp_path / "empty", RATINGS, answers=empty)
+    assert _run_stage(ws) == 2
+    assert "all 12 judged answers are empty: there is no sentence to score" in capsys.readouterr().err
+    ws = _workspace(tmp_path / "missing", {**RATINGS, ("other", 1, 1): 5})
+    assert _run_stage(ws) == 2
+    assert "judged model 'other' has no answers file" in capsys.readouterr().err
+    ws = _workspace(tmp_path / "none", {})
+    (ws / "judgments" / "judge_single.jsonl").rename(ws / "judgments" / "judge_pair.jsonl")
+    assert _run_stage(ws) == 2
+    assert "no *_single.jsonl judgment files; run the mt_bench stage first" in capsys.readouterr().err
