@@ -43,6 +43,8 @@ def arm_params(base: dict[str, Any], arm: str, steps: int, args: argparse.Namesp
     p["eval"]["candidate"] = {"model_id": f"sft-{arm}", "adapter": adapter}
     p["eval"]["mt_bench"] |= {"question_ids": args.questions, "pairwise": False}
     p["eval"]["max_new_tokens"] = args.max_new_tokens
+    p["curriculum"]["difficulty"]["max_instructions"] = args.max_instructions
+    p["curriculum"]["synthesize"]["pool_size"] = args.pool_size
     return p
 
 
@@ -61,9 +63,7 @@ def run_arm(repo: Path, base: dict[str, Any], arm: str, args: argparse.Namespace
         "real_tokens": sum(m["real_tokens"] for m in sft),
         "records": sum(m["conversations"] for m in sft),
         "mt_bench": mt[cand],
-        "mt_bench_base": mt["base"],
         "flask": flask[cand],
-        "flask_base": flask["base"],
     }
 
 
@@ -80,8 +80,6 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     for k in mt_keys:
         cells = [results[a]["mt_bench"].get(k, {}) for a in arms]
         rows.append([f"MT-Bench {k}", *(f"{fmt(c.get('mean'))} (n={c.get('judged', 0)})" for c in cells)])
-    base_overall = results[arms[0]]["mt_bench_base"]["overall"]
-    rows.append(["MT-Bench overall, base model", *(fmt(base_overall.get("mean")) for _ in arms)])
     skills = sorted(set().union(*(results[a]["flask"].get("skill", {}) for a in arms)))
     for s in skills:
         cells = [results[a]["flask"].get("skill", {}).get(s, {}) for a in arms]
@@ -96,6 +94,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps per curriculum round (plain: 2x)")
     ap.add_argument("--questions", type=int, nargs="*", default=[], help="MT-Bench question ids (default: all)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--max-instructions", type=int, help="curriculum.difficulty.max_instructions (a budget)")
+    ap.add_argument("--pool-size", type=int, default=6, help="curriculum.synthesize.pool_size")
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temporary one)")
     args = ap.parse_args()
     from tests.conftest import copy_project
