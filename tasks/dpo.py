@@ -72,7 +72,7 @@ def train_dpo(
     plan = plan_device(train)
     tokenizer = load_tokenizer(base_dir)
     tokenizer.chat_template = training_template(tokenizer, train.chat_template)[0]
-    pairs, by_source = select_pairs(read_records(Path(cfg.data)), cfg, train.seed)
+    pairs, by_source = select_pairs(read_records(Path(cfg.data), purpose="train on"), cfg, train.seed)
     dataset = Dataset.from_list([
         {"prompt": [m.model_dump() for m in r.prompt],
          "chosen": [{"role": "assistant", "content": r.response}],

@@ -62,7 +62,7 @@ def train_sft(
     template, template_source = training_template(tokenizer, cfg.chat_template)
     tokenizer.chat_template = template
 
-    records = read_records(Path(rnd.data))
+    records = read_records(Path(rnd.data), purpose="train on")
     conversations = [[m.model_dump() for m in r.messages] for r in records]
     keep, lengths = fit_lengths(conversations, tokenizer, template, cfg.max_length, cfg.overlong)
     dropped = [records[i].model_dump() | {"reason": f"over train.max_length={cfg.max_length} tokens"}

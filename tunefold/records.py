@@ -85,7 +85,7 @@ def with_response(record: Record, text: str, **metadata: Any) -> Record:
     return make_record(messages, record.source, record.rejected, meta)
 
 
-def read_records(path: str | Path, allow_empty: bool = False) -> list[Record]:
+def read_records(path: str | Path, allow_empty: bool = False, purpose: str = "work on") -> list[Record]:
     """A records JSONL written by a stage; a missing or (unless allowed) empty file is a clear error."""
     path = Path(path)
     if not path.exists():
@@ -93,5 +93,5 @@ def read_records(path: str | Path, allow_empty: bool = False) -> list[Record]:
     with path.open(encoding="utf-8") as f:
         records = [Record.model_validate_json(line) for line in f if line.strip()]
     if not records and not allow_empty:
-        raise InputError(f"records file {path} is empty: nothing to work on")
+        raise InputError(f"records file {path} is empty: nothing to {purpose}")
     return records
