@@ -75,7 +75,8 @@ def difficulty(ctx: StageContext, inputs: list[Path]) -> tuple[list[Record], lis
     if cfg.max_instructions and len(todo) > cfg.max_instructions:
         chosen = set(random.Random(ctx.params.curriculum.seed).sample(range(len(todo)), cfg.max_instructions))
         reason = f"not sampled: curriculum.difficulty.max_instructions={cfg.max_instructions}"
-        dropped = [{"record": r.model_dump(), "reason": reason} for i, r in enumerate(todo) if i not in chosen]
+        dropped = [{"record": r.model_dump(), "kind": "not sampled", "reason": reason}
+                   for i, r in enumerate(todo) if i not in chosen]  # fmt: skip
         todo = [r for i, r in enumerate(todo) if i in chosen]
     judge_prompt = load_judge_prompts(None)[("single", False, False)]
     json_output = ctx.params.eval.judge_output == "json"
@@ -86,12 +87,12 @@ def difficulty(ctx: StageContext, inputs: list[Path]) -> tuple[list[Record], lis
     kept: list[Record] = []
     for r, (done, why) in zip(todo, scored, strict=True):
         if done is None:
-            dropped.append({"record": r.model_dump(), "reason": why})
+            dropped.append({"record": r.model_dump(), "kind": "not scored", "reason": why})
         elif done.metadata["mfd"] > cfg.min_mfd:
             kept.append(done)
         else:
-            dropped.append({"record": done.model_dump(), "reason": f"MFD {done.metadata['mfd']:g} <= min_mfd "
-                            f"{cfg.min_mfd:g}: the student already fits it"})  # fmt: skip
+            dropped.append({"record": done.model_dump(), "kind": "fitted", "reason": f"MFD {done.metadata['mfd']:g} "
+                            f"<= min_mfd {cfg.min_mfd:g}: the student already fits it"})  # fmt: skip
     return kept, dropped, pairs
 
 
@@ -103,7 +104,7 @@ def run_difficulty(ctx: StageContext, inputs: list[Path], out_dir: Path, plot: P
     mfds = [r.metadata["mfd"] for r in kept] + [d["record"]["metadata"]["mfd"] for d in dropped
                                                 if "mfd" in d["record"]["metadata"]]  # fmt: skip
     hist = Counter(round(m) for m in mfds)
-    reasons = Counter(d["reason"].split(":")[0] for d in dropped)
+    reasons = Counter(d["kind"] for d in dropped)
     scored = len(kept) + len(dropped)
     metrics = {
         "inputs": scored + len(pairs), "kept": len(kept), "dropped": len(dropped), "preference_pairs": len(pairs),
