@@ -100,8 +100,13 @@ def main() -> None:
     ap.add_argument("--max-instructions", type=int, help="curriculum.difficulty.max_instructions (a budget)")
     ap.add_argument("--pool-size", type=int, default=6, help="curriculum.synthesize.pool_size")
     ap.add_argument("--plain-steps", type=int, help="optimizer steps of the plain arm (default: 2 x --steps)")
-    ap.add_argument("--arms", nargs="+", default=["plain", "curriculum"], choices=["plain", "curriculum"],
-                    help="arms to run; with --keep, earlier results of the other arm are kept")
+    ap.add_argument(
+        "--arms",
+        nargs="+",
+        default=["plain", "curriculum"],
+        choices=["plain", "curriculum"],
+        help="arms to run; with --keep, earlier results of the other arm are kept",
+    )
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temporary one)")
     args = ap.parse_args()
     from tests.conftest import copy_project

@@ -21,7 +21,7 @@ from typing import Any
 from tunefold.config import TASK_TYPES
 from tunefold.io import write_json, write_jsonl, write_text
 from tunefold.judge import ask_judge
-from tunefold.llm import ChatRequest, Gateway
+from tunefold.llm import Gateway
 from tunefold.mtbench import JudgePrompt, Question, load_judge_prompts, single_messages
 from tunefold.records import Message, Record, read_records, with_response
 from tunefold.stage import StageContext, log, stage_main
@@ -32,18 +32,14 @@ def _chat(messages: list[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
-def _answer(gw: Gateway, role: str, prompt: list[Message]) -> str | None:
-    result = gw.chat(role, ChatRequest(messages=_chat(prompt)))
-    return result.text.strip() if result.ok and result.text and result.text.strip() else None
-
-
 def score_record(
     gw: Gateway, r: Record, judge_prompt: JudgePrompt, use_dataset: bool, json_output: bool
 ) -> tuple[Record | None, str | None]:
     """The record with its teacher/student scores and MFD, or None and why it cannot be scored."""
     synthesized = r.metadata.get("origin") == "codeclm"  # its target answer was already chosen by the filter
-    target = r.response if (use_dataset or synthesized) else _answer(gw, "teacher", r.prompt)
-    student = _answer(gw, "student", r.prompt)
+    prompt = _chat(r.prompt)
+    target = r.response if (use_dataset or synthesized) else gw.answer("teacher", prompt)
+    student = gw.answer("student", prompt)
     if target is None or student is None:
         return None, "no answer from " + ("the teacher" if target is None else "the student")
     question = Question(0, "general", [next(m.content for m in reversed(r.prompt) if m.role == "user")])

@@ -9,7 +9,6 @@ domain, per skill x difficulty and on FLASK-HARD; N/A, parse failures and annota
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import sys
@@ -20,8 +19,8 @@ from typing import Any
 from tunefold.errors import InputError
 from tunefold.flask import (
     JSON_INSTRUCTION,
-    JUDGE_SYSTEM,
     SKILLS,
+    TEMPLATE_HASH,
     Annotation,
     Instance,
     aggregate,
@@ -34,9 +33,6 @@ from tunefold.flask import (
 from tunefold.io import read_appended, write_jsonl
 from tunefold.llm import ChatRequest, ChatResult, Gateway
 from tunefold.stage import StageContext, log, stage_main
-from tunefold.training import sha256_text
-
-TEMPLATE_HASH = sha256_text(JUDGE_SYSTEM + json.dumps(SKILLS))[:16]
 
 
 def annotate(gw: Gateway, instances: list[Instance], seed: int) -> tuple[list[Instance], int]:

@@ -82,10 +82,6 @@ class Evolver:
         parsed, _ = self.gw.chat_json("teacher", req, schema, attempts=2)
         return parsed.value if parsed.ok else None
 
-    def _answer(self, role: str, instruction: str) -> str | None:
-        result = self.gw.chat(role, ChatRequest(messages=[{"role": "user", "content": instruction}]))
-        return result.text.strip() if result.ok and result.text and result.text.strip() else None
-
     def __call__(self, job: tuple[int, Metadata]) -> tuple[Record | None, list[dict[str, Any]], str]:
         index, meta = job
         s = self.cfg.synthesize
@@ -104,7 +100,8 @@ class Evolver:
         action = None
         for iteration in range(1, s.max_iterations + 1):
             row = base | {"iteration": iteration, "instruction": instruction, "action": action}
-            teacher, student = self._answer("teacher", instruction), self._answer("student", instruction)
+            asked = [{"role": "user", "content": instruction}]
+            teacher, student = self.gw.answer("teacher", asked), self.gw.answer("student", asked)
             if teacher is None or student is None:
                 log_rows.append(row | {"decision": "dropped", "reason": "no answer from teacher or student"})
                 return None, log_rows, "dropped: no answer from teacher or student"

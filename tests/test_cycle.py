@@ -145,7 +145,9 @@ def wait_for_deployment_run(repo: Path, server_env: dict[str, str], proc: subpro
 
 
 def test_process_work_pool_runs_the_deployed_cycle(
-    promoted_repo: Path, tmp_path: Path, prefect_server: dict[str, str]  # noqa: F811
+    promoted_repo: Path,
+    tmp_path: Path,
+    prefect_server: dict[str, str],  # noqa: F811
 ) -> None:
     """`tunefold deploy --pool` on a process work pool; `prefect worker start` picks up the scheduled run."""
     repo = tmp_path / "repo"
@@ -180,7 +182,9 @@ class Hook(BaseHTTPRequestHandler):
 
 
 def test_scheduled_cycle_fires_and_a_failed_cycle_notifies(
-    promoted_repo: Path, tmp_path: Path, prefect_server: dict[str, str]  # noqa: F811
+    promoted_repo: Path,
+    tmp_path: Path,
+    prefect_server: dict[str, str],  # noqa: F811
 ) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(promoted_repo, repo, symlinks=True)

@@ -183,9 +183,26 @@ asyncio.run(main())
 """
     found = json.loads(run([sys.executable, "-c", query], repo, env=prefect_server).stdout.strip().splitlines()[-1])
     assert [state for _, state in found["flows"]] == ["COMPLETED"]
-    stages = sorted(["prepare_model", "ingest", "validate", "annotate", "synthesize", "difficulty", "refine",
-                     "plan_curriculum", "sft@r1", "sft@r2", "dpo", "generate", "mt_bench", "flask", "sentence_scores",
-                     "report"])
+    stages = sorted(
+        [
+            "prepare_model",
+            "ingest",
+            "validate",
+            "annotate",
+            "synthesize",
+            "difficulty",
+            "refine",
+            "plan_curriculum",
+            "sft@r1",
+            "sft@r2",
+            "dpo",
+            "generate",
+            "mt_bench",
+            "flask",
+            "sentence_scores",
+            "report",
+        ]
+    )
     assert found["tasks"] == [[name, "COMPLETED"] for name in stages]
     assert {"stage-ingest", "stage-validate", "stage-prepare-model", "stage-sft-r1", "stage-dpo"} <= set(
         found["artifacts"]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from tunefold.errors import InputError
 from tunefold.llm.parsing import Parsed, last_json_object
+from tunefold.training import sha256_text
 
 SKILLS: dict[str, tuple[str, str]] = {  # skill -> (ability, rubric: what 1 and 5 mean, in our words)
     "Logical Correctness": ("Logical Thinking",
@@ -209,3 +210,7 @@ def scores_schema(skills: list[str]) -> type[BaseModel]:
 
 JSON_INSTRUCTION = ("\n\nReply as a JSON object with keys feedback (your feedback on each skill) and scores (an "
                     'object mapping each listed skill name to 1-5 or "N/A").')  # fmt: skip
+
+
+# Identifies the rubric texts in judgment provenance and lineage: a change to them never mixes with old judgments.
+TEMPLATE_HASH = sha256_text(JUDGE_SYSTEM + json.dumps(SKILLS))[:16]

@@ -84,7 +84,7 @@ def source_hashes(root: Path, params: Params) -> dict[str, str]:
 
 def lineage(root: Path, params: Params) -> dict[str, Any]:
     """Where the current workspace's model and scores come from, from the files the stages left behind."""
-    from tasks.flask_eval import TEMPLATE_HASH as FLASK_TEMPLATE
+    from tunefold.flask import TEMPLATE_HASH as FLASK_TEMPLATE
     from tunefold.judge import template_hash
     from tunefold.mtbench import load_judge_prompts
 

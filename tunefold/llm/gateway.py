@@ -256,6 +256,12 @@ class Gateway:
                 return ChatResult(hit["text"], None, True, 0, prov, hit.get("usage", {}))
             return self._fresh(ep, body, prov, role, key)
 
+    def answer(self, role: str, messages: list[dict[str, str]]) -> str | None:
+        """A plain reply's text with the role's sampling; None when the call failed or the reply is empty."""
+        result = self.chat(role, ChatRequest(messages=messages))
+        text = (result.text or "").strip() if result.ok else ""
+        return text or None
+
     def _fresh(
         self, ep: _Endpoint, body: dict[str, Any], prov: dict[str, Any], role: str, key: str | None
     ) -> ChatResult:
