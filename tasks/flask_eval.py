@@ -114,7 +114,7 @@ def run_flask(ctx: StageContext, answers_dir: Path, out_dir: Path) -> dict[str, 
         judged = judge(gw, who.model_id, usable, answers, cfg.judge_output == "json")
         rows += judged
         metrics[who.model_id] = aggregate(judged)
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", gw.endpoint("judge").model)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", gw.model_name("judge"))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / f"{name}.jsonl", rows)
     write_jsonl(out_dir / "instances.jsonl", [i.__dict__ for i in instances])

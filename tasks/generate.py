@@ -7,6 +7,10 @@ Turn 1 is answered first; turn 2 is generated with the whole conversation (quest
 question 2), at MT-Bench's per-category temperature. Local models generate in batches with transformers; a
 `base_url` generates through that OpenAI-compatible endpoint (via the gateway). Answers are appended question
 by question, so a killed run continues where it stopped; a changed model or setting starts the file afresh.
+
+With `eval.fanout` on, a local model's answers are split over Dask workers (each loads the model once and answers
+every `n`-th item into its own part file); the parts are folded into the answers file in item order, also after a
+killed run. Greedy answers are the same as in one process; sampled ones depend on which items share a batch.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig
+from tunefold.fanout import fan_out
 from tunefold.flask import load_instances
-from tunefold.io import read_appended
+from tunefold.io import read_appended, write_jsonl
 from tunefold.mtbench import TEMPERATURE, answer_row, load_questions
 from tunefold.stage import StageContext, log, stage_main
 from tunefold.training import file_hash, fingerprint
@@ -67,12 +72,7 @@ def answer_items(
     label: str,
 ) -> dict[str, Any]:
     """Answer every item not yet in `path` (appending as each batch finishes); each turn sees the conversation."""
-    marker = path.with_name(f".{path.stem}.fingerprint")
-    if not marker.exists() or marker.read_text() != fp:
-        path.unlink(missing_ok=True)  # answers of another model or setting: never mix them
-        path.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(fp)
-    _drop_torn_tail(path)
+    _open_answers(path, fp)
     done = _done_keys(path)
     todo = [it for it in items if it.key not in done]
     log.info("%s: %d items, %d already answered", label, len(items), len(items) - len(todo))
@@ -94,8 +94,18 @@ def answer_items(
         log.info("%s: %d/%d answered", label, i + len(chunk), len(todo))
     took = time.perf_counter() - start
     return {"items": len(items), "generated": len(todo), "resumed": len(items) - len(todo), "new_tokens": tokens,
-            "tokens_per_second": round(tokens / took, 1) if todo else None,
+            "turns": turns, "stopped": stopped, "tokens_per_second": round(tokens / took, 1) if todo else None,
             "stopped_fraction": round(stopped / turns, 3) if turns else None}  # fmt: skip
+
+
+def _open_answers(path: Path, fp: str) -> None:
+    """Make `path` hold only answers under fingerprint `fp`, ending on a whole line."""
+    marker = path.with_name(f".{path.stem}.fingerprint")
+    if not marker.exists() or marker.read_text() != fp:
+        path.unlink(missing_ok=True)  # answers of another model or setting: never mix them
+        path.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(fp)
+    _drop_torn_tail(path)
 
 
 def _drop_torn_tail(path: Path) -> None:
@@ -108,8 +118,93 @@ def _drop_torn_tail(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def _key(row: dict[str, Any]) -> int:
+    return int(row.get("question_id", row.get("idx", -1)))
+
+
 def _done_keys(path: Path) -> set[int]:
-    return {int(row.get("question_id", row.get("idx", -1))) for row in read_appended(path)}
+    return {_key(row) for row in read_appended(path)}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One answers file to fill: what to answer, where, under which fingerprint, and what a row looks like."""
+
+    label: str
+    items: list[Item]
+    path: Path
+    fp: str
+    row: Callable[[Item, list[str]], dict[str, Any]]
+
+
+def _parts(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f".{path.stem}.part*.jsonl"))
+
+
+def _fold_parts(job: Job) -> int:
+    """Move what shard workers wrote (also of a killed run) into the answers file, in item order; parts of
+    another fingerprint are discarded. Returns how many answers moved."""
+    _open_answers(job.path, job.fp)
+    rows = {_key(r): r for r in read_appended(job.path)}
+    moved = 0
+    for part in _parts(job.path):
+        marker = part.with_name(f".{part.stem}.fingerprint")
+        if marker.exists() and marker.read_text() == job.fp:
+            for r in read_appended(part):
+                moved += _key(r) not in rows
+                rows.setdefault(_key(r), r)
+    order = {it.key: i for i, it in enumerate(job.items)}
+    write_jsonl(job.path, sorted(rows.values(), key=lambda r: order.get(_key(r), len(order))))
+    for part in _parts(job.path):  # only once their rows are safely in the answers file
+        part.with_name(f".{part.stem}.fingerprint").unlink(missing_ok=True)
+        part.unlink()
+    return moved
+
+
+def answer_shard(shard: int, n: int, cfg: EvalConfig, who: CandidateSettings, base_dir: Path,
+                 jobs: list[Job]) -> list[dict[str, Any]]:  # fmt: skip
+    """One Dask worker's share: load the model once, answer items shard, shard+n, ... of every job."""
+    if not cfg.fanout.address:  # local workers share this machine's cores
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
+    answer = _local_answerer(cfg, who, base_dir)
+    out = []
+    for job in jobs:
+        part = job.path.with_name(f".{job.path.stem}.part{shard}.jsonl")
+        label = f"{job.label} shard {shard + 1}/{n}"
+        out.append(answer_items(answer, job.items[shard::n], part, job.fp, job.row, cfg.batch_size, label))
+    return out
+
+
+def _fanned_out(cfg: EvalConfig, who: CandidateSettings, base_dir: Path, jobs: list[Job]) -> dict[str, Any]:
+    """Answer a local model's jobs on Dask workers; metrics per job as `answer_items` gives them."""
+    for job in jobs:
+        _fold_parts(job)  # a killed fanned-out run's answers count as done
+    todo = [replace(job, items=[it for it in job.items if it.key not in _done_keys(job.path)]) for job in jobs]
+    n = min(cfg.fanout.shards or max(cfg.fanout.workers, 1), max(len(j.items) for j in todo) or 1)
+    metrics: dict[str, Any] = {}
+    start = time.perf_counter()
+    if any(j.items for j in todo):
+        log.info("%s: answering %d items in %d shards on Dask workers", who.model_id,
+                 sum(len(j.items) for j in todo), n)  # fmt: skip
+        per_shard = fan_out(answer_shard, list(range(n)), cfg.fanout, n=n, cfg=cfg, who=who, base_dir=base_dir,
+                            jobs=todo)  # fmt: skip
+    else:
+        per_shard = []
+    took = time.perf_counter() - start
+    for i, job in enumerate(jobs):
+        _fold_parts(job)
+        shards = [s[i] for s in per_shard]
+        tokens, turns = sum(s["new_tokens"] for s in shards), sum(s["turns"] for s in shards)
+        stopped = sum(s["stopped"] for s in shards)
+        generated = sum(s["generated"] for s in shards)
+        metrics[job.label] = {"items": len(job.items), "generated": generated,
+                              "resumed": len(job.items) - generated, "new_tokens": tokens, "turns": turns,
+                              "tokens_per_second": round(tokens / took, 1) if generated else None,
+                              "stopped": stopped, "stopped_fraction": round(stopped / turns, 3) if turns else None,
+                              "shards": n}  # fmt: skip
+    return metrics
 
 
 def _local_answerer(cfg: EvalConfig, who: CandidateSettings, base_dir: Path) -> Answerer:
@@ -153,17 +248,19 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
     flask_items = [Item(i.idx, [i.instruction], 0.0) for i in instances]
     metrics: dict[str, Any] = {}
     for who in (cfg.candidate, cfg.baseline):
+        jobs = [
+            Job(f"mt_bench/{who.model_id}", mt_items, mt_dir / f"{who.model_id}.jsonl", _fingerprint(cfg, who, qfile),
+                lambda it, r, m=who.model_id: answer_row(it.key, m, r, time.time())),
+            Job(f"flask/{who.model_id}", flask_items, flask_dir / f"{who.model_id}.jsonl",
+                _fingerprint(cfg, who, ffile), lambda it, r, m=who.model_id: {"idx": it.key, "model_id": m,
+                                                                             "answer": r[0]}),
+        ]  # fmt: skip
+        if cfg.fanout.active and not who.base_url:
+            metrics |= _fanned_out(cfg, who, base_dir, jobs)
+            continue
         answer = _endpoint_answerer(ctx, who) if who.base_url else _local_answerer(cfg, who, base_dir)
-        metrics[f"mt_bench/{who.model_id}"] = answer_items(
-            answer, mt_items, mt_dir / f"{who.model_id}.jsonl", _fingerprint(cfg, who, qfile),
-            lambda it, r, m=who.model_id: answer_row(it.key, m, r, time.time()), cfg.batch_size,
-            f"MT-Bench {who.model_id}",
-        )  # fmt: skip
-        metrics[f"flask/{who.model_id}"] = answer_items(
-            answer, flask_items, flask_dir / f"{who.model_id}.jsonl", _fingerprint(cfg, who, ffile),
-            lambda it, r, m=who.model_id: {"idx": it.key, "model_id": m, "answer": r[0]}, cfg.batch_size,
-            f"FLASK {who.model_id}",
-        )  # fmt: skip
+        for job in jobs:
+            metrics[job.label] = answer_items(answer, job.items, job.path, job.fp, job.row, cfg.batch_size, job.label)
     return metrics
 
 

@@ -124,9 +124,9 @@ def run_mt_bench(ctx: StageContext, answers_dir: Path, out_dir: Path) -> dict[st
         raise InputError(f"no answers of {cfg.candidate.model_id} for questions {missing[:10]}; run `generate` first")
     base = load_answers(answers_dir / f"{cfg.baseline.model_id}.jsonl") if mt.pairwise else None
     gw = ctx.gateway
-    judge = re.sub(r"[^A-Za-z0-9._-]+", "-", gw.endpoint("judge").model)
+    judge = re.sub(r"[^A-Za-z0-9._-]+", "-", gw.model_name("judge"))
     metrics: dict[str, Any] = {"judge": judge, "candidate": cfg.candidate.model_id}
-    if cfg.fanout.workers > 1 or cfg.fanout.address:
+    if cfg.fanout.active:
         n = cfg.fanout.shards or max(cfg.fanout.workers, 1)
         shards = [questions[i::n] for i in range(n) if questions[i::n]]
         log.info("judging %d questions in %d shards on Dask workers", len(questions), len(shards))

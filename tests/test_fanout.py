@@ -44,6 +44,7 @@ def test_fanned_out_judging_matches_in_process(tmp_path: Path) -> None:
     fan = json.loads((tmp_path / "fan.json").read_text())
     assert len(fan["llm_shards"]) == 2  # the work ran in two Dask workers, each with its own gateway
     assert sum(m["judge"]["calls_sent"] for m in fan["llm_shards"]) > 0
+    assert not fan["llm"]  # the stage's own process neither called nor started a judge
 
     assert mt_bench.main(["--params", str(_setup(tmp_path, 0)), *common, "--out", str(tmp_path / "one"),
                           "--metrics", str(tmp_path / "one.json")]) == 0  # fmt: skip
@@ -53,3 +54,65 @@ def test_fanned_out_judging_matches_in_process(tmp_path: Path) -> None:
     for name in (f"{judge}_single.jsonl", f"{judge}_pair.jsonl"):
         assert _rows(tmp_path / "fan" / name) == _rows(tmp_path / "one" / name)
     assert fan["candidate"] == one["candidate"] and fan["pairwise_vs_base"] == one["pairwise_vs_base"]
+
+
+def _gen_params(tmp_path: Path, workers: int) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["eval"] |= {"max_new_tokens": 8, "batch_size": 1, "fanout": {"workers": workers}}
+    params["eval"]["candidate"] = {"model_id": "candidate"}  # the base model: no adapter to train first
+    params["eval"]["mt_bench"]["question_ids"] = [5, 7, 9]  # reasoning, math, coding: answered greedily
+    params["eval"]["flask"]["limit"] = 3
+    path = tmp_path / f"gen-{workers}.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def test_fanned_out_generation_matches_in_process(base_model: Path, tmp_path: Path) -> None:
+    """Two Dask workers, each loading the model once, answer the same greedy questions as the stage's own process,
+    and the answers file comes out in question order with no part files left behind."""
+    from tasks import generate
+
+    def run(workers: int) -> tuple[dict, Path, Path]:
+        mt, fl, m = tmp_path / f"mt{workers}", tmp_path / f"fl{workers}", tmp_path / f"gen{workers}.json"
+        argv = ["--params", str(_gen_params(tmp_path, workers)), "--base", str(base_model), "--out", str(mt),
+                "--flask-out", str(fl), "--metrics", str(m)]  # fmt: skip
+        assert generate.main(argv) == 0
+        return json.loads(m.read_text()), mt, fl
+
+    fan, fan_mt, fan_fl = run(2)
+    one, one_mt, one_fl = run(0)
+    for label in ("mt_bench/candidate", "flask/base"):
+        assert fan[label]["shards"] == 2 and fan[label]["generated"] == 3 and "shards" not in one[label]
+
+    def texts(path: Path) -> list:
+        return [(r.get("question_id", r.get("idx")), r.get("choices", r.get("answer")))
+                for r in map(json.loads, path.read_text().splitlines())]  # fmt: skip
+
+    for fan_dir, one_dir in ((fan_mt, one_mt), (fan_fl, one_fl)):
+        for name in ("candidate.jsonl", "base.jsonl"):
+            assert texts(fan_dir / name) == texts(one_dir / name)
+        assert not list(fan_dir.glob(".*.part*"))
+    assert [k for k, _ in texts(fan_mt / "candidate.jsonl")] == [5, 7, 9]
+
+
+def test_parts_of_a_killed_fanned_out_run_are_folded_in(tmp_path: Path) -> None:
+    """What shard workers wrote before a kill is kept (a torn last line dropped); parts of another model or setting
+    are discarded; the answers file ends in item order."""
+    from tasks.generate import Item, Job, _fold_parts
+
+    items = [Item(k, [f"q{k}"], 0.0) for k in range(5)]
+    job = Job("t", items, tmp_path / "m.jsonl", "fp1", lambda it, r: {"idx": it.key, "answer": r[0]})
+
+    def part(name: str, fp: str, body: str) -> None:
+        (tmp_path / f".m.{name}.jsonl").write_text(body)
+        (tmp_path / f"..m.{name}.fingerprint").write_text(fp)
+
+    (tmp_path / ".m.fingerprint").write_text("fp1")
+    job.path.write_text('{"idx": 3, "answer": "a3"}\n')
+    part("part0", "fp1", '{"idx": 4, "answer": "a4"}\n{"idx": 0, "answer": "a0"}\n{"idx": 2, "ans')
+    part("part1", "fp1", '{"idx": 3, "answer": "other"}\n')
+    part("part2", "fp0", '{"idx": 1, "answer": "stale"}\n')
+    assert _fold_parts(job) == 2
+    rows = [json.loads(x) for x in job.path.read_text().splitlines()]
+    assert rows == [{"idx": 0, "answer": "a0"}, {"idx": 3, "answer": "a3"}, {"idx": 4, "answer": "a4"}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.fingerprint", "m.jsonl"]

@@ -211,11 +211,16 @@ class FlaskSettings(Section):
 
 
 class FanoutSettings(Section):
-    """Judge calls spread over Dask workers (a Prefect Dask task runner); 0 or 1 worker: in the stage's process."""
+    """MT-Bench judge calls and local answer generation spread over Dask workers (a Prefect Dask task runner);
+    0 or 1 worker and no address: in the stage's own process."""
 
     workers: int = Field(0, ge=0, description="worker processes of a local Dask cluster")
     address: str | None = Field(None, description="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
     shards: int | None = Field(None, ge=1, description="pieces of work (default: one per worker)")
+
+    @property
+    def active(self) -> bool:
+        return self.workers > 1 or bool(self.address)
 
 
 class EvalConfig(Section):

@@ -16,7 +16,7 @@ from tunefold.config import FanoutSettings
 T = TypeVar("T")
 
 
-def fan_out(fn: Callable[..., Any], shards: Sequence[T], cfg: FanoutSettings, **fixed: Any) -> list[Any]:
+def fan_out(fn: Callable[..., Any], shards: Sequence[T], cfg: FanoutSettings, /, **fixed: Any) -> list[Any]:
     """`[fn(shard, **fixed) for shard in shards]`, each call a Prefect task on a Dask worker, results in order."""
     from prefect import flow, task, unmapped
     from prefect.cache_policies import NO_CACHE

@@ -29,7 +29,7 @@ from tunefold.errors import TunefoldError
 from tunefold.llm.cache import ResponseCache, is_deterministic, request_key
 from tunefold.llm.parsing import Parsed, parse_model
 from tunefold.llm.secrets import resolve_api_key
-from tunefold.llm.server import EmbeddedServer
+from tunefold.llm.server import EmbeddedServer, gguf_path
 
 log = logging.getLogger(__name__)
 GATEWAY_VERSION = "1"
@@ -184,12 +184,23 @@ class Gateway:
             self._extra[role] = cfg
             self._endpoints.pop(role, None)
 
-    def _connect(self, role: str) -> _Endpoint:
-        from openai import OpenAI
-
+    def _role_cfg(self, role: str) -> EndpointConfig:
         cfg: EndpointConfig | None = self._extra.get(role) or getattr(self.cfg, role, None)
         if not isinstance(cfg, EndpointConfig):
             raise TunefoldError(f"unknown LLM role {role!r}; params.yaml llm has teacher, judge and student")
+        return cfg
+
+    def model_name(self, role: str) -> str:
+        """The model id a role's calls name, without connecting (no embedded server is started just for this)."""
+        cfg = self._role_cfg(role)
+        if cfg.base_url:
+            return cfg.model or ""
+        return self._server.alias if self._server else gguf_path(self.cfg.embedded).stem.lower()
+
+    def _connect(self, role: str) -> _Endpoint:
+        from openai import OpenAI
+
+        cfg = self._role_cfg(role)
         if cfg.base_url:
             base_url, model = cfg.base_url.rstrip("/"), cfg.model
             if not model:
