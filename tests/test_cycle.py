@@ -120,6 +120,44 @@ def test_new_data_rejected_by_the_gate_then_checkout_restores_the_champion(promo
     assert len(registry(repo)) == 1  # the registry as it was at model-v1
 
 
+def test_cycle_killed_mid_training_resumes_from_its_checkpoint(promoted_repo: Path, tmp_path: Path) -> None:
+    """SIGKILL of a whole cycle (flow, dvc, trainer) during a training stage: the registry, the champion and the
+    lock survive as they were; the next cycle resumes training from the last checkpoint and decides."""
+    repo = tmp_path / "repo"
+    shutil.copytree(promoted_repo, repo, symlinks=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["rounds"]["r1"] |= {"max_steps": 6, "learning_rate": 1.0e-4}  # a new r1 run, long enough
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    champion = (repo / "models/champion/model.json").read_text()
+    checkpoints = repo / "models/sft/r1/checkpoints"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PREFECT_HOME": str(tmp_path / "prefect-home")}  # fmt: skip
+    env.pop("PREFECT_API_URL", None)
+    log = tmp_path / "killed.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*TUNEFOLD, "cycle"], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 600
+        while not (checkpoints / "checkpoint-3").exists():  # the model-v1 run stopped at step 2
+            assert proc.poll() is None, "the cycle ended before it could be killed:\n" + log.read_text()
+            assert time.monotonic() < deadline, "no checkpoint-3 of sft@r1:\n" + log.read_text()
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (repo / "models/sft/r1/adapter").exists(), "training finished before the kill"
+    assert len(registry(repo)) == 1 and (repo / "models/champion/model.json").read_text() == champion
+    with WorkspaceLock(repo / ".tunefold/cycle.lock") as lock:
+        assert lock.acquired  # a killed cycle holds nothing
+
+    out = run([*TUNEFOLD, "cycle"], repo, env={"PREFECT_HOME": str(tmp_path / "prefect-home"), **EPHEMERAL}).stdout
+    r1 = json.loads((repo / "metrics/sft/r1.json").read_text())
+    assert r1["steps"] == 6 and r1["resumed_from_step"] >= 3, r1
+    curve = [int(line.split("\t")[0]) for line in (repo / "metrics/sft/r1_loss.tsv").read_text().splitlines()[1:]]
+    assert curve == list(range(1, 7))  # one loss curve across the killed and the resumed run
+    first, second = registry(repo)
+    assert second["tag"] in out and second["tag"] != first["tag"]
+
+
 RUNS = """
 import asyncio, json
 from prefect.client.orchestration import get_client
