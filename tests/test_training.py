@@ -264,6 +264,26 @@ def run_sft(tmp_path: Path, params: Path, base: Path, env: dict | None = None, *
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, **popen)
 
 
+def test_data_parallel_launch_trains_with_two_ranks_and_writes_once(base_model: Path, tmp_path: Path) -> None:
+    """The multi-GPU path (`accelerate launch` is torchrun underneath) on two CPU ranks over gloo: DDP runs the same
+    stage code, rank 0 alone writes the adapter, checkpoints, curve and metrics."""
+    data = write_data(tmp_path / "d.jsonl")
+    params = stage_params(tmp_path, data, base_model, 1e-3)
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m"]
+    cmd = [*torchrun, "tasks.sft", "--params", str(params), "--round", "r1", "--base", str(base_model),
+           "--out", str(tmp_path / "adapter"), "--checkpoints", str(tmp_path / "ckpt"),
+           "--curve", str(tmp_path / "loss.tsv"), "--metrics", str(tmp_path / "m.json")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["processes"] == 2 and m["steps"] == 8 and m["last_loss"] < m["first_loss"]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    assert json.loads((tmp_path / "ckpt" / "run.json").read_text())["completed"]
+    steps = [int(line.split("\t")[0]) for line in (tmp_path / "loss.tsv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 9))
+    assert not list(tmp_path.glob("adapter.*")) and not list(tmp_path.glob(".adapter*"))  # no half-written copies
+
+
 def test_sigkill_mid_training_resumes_to_the_same_step_count(base_model: Path, tmp_path: Path) -> None:
     data = write_data(tmp_path / "d.jsonl")
     params = stage_params(tmp_path, data, base_model, 1e-3)

@@ -62,7 +62,8 @@ def schedule_args(
         "output_dir": str(ckpt_dir), "per_device_train_batch_size": batch_size, "learning_rate": learning_rate,
         "num_train_epochs": epochs, "max_steps": max_steps, "logging_steps": cfg.logging_steps,
         "save_strategy": "steps", "save_steps": cfg.save_steps, "save_total_limit": 2, "seed": cfg.seed,
-        "data_seed": cfg.seed, "report_to": "none", **plan.trainer_args(),
+        "data_seed": cfg.seed, "report_to": "none", "ddp_find_unused_parameters": False,  # every LoRA weight is used
+        **plan.trainer_args(),
     }  # fmt: skip
 
 
@@ -275,6 +276,7 @@ def train_and_save(
     guard.complete()
     return {
         "steps": trainer.state.global_step,
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),  # data-parallel ranks of an accelerate/torchrun launch
         "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0,
         "train_loss": round(result.training_loss, 4),
         "seconds_training": round(seconds, 1),
