@@ -59,6 +59,18 @@ def promoted_repo(reproduced_repo: Path, tmp_path_factory: pytest.TempPathFactor
     return repo
 
 
+@pytest.fixture
+def repo(promoted_repo: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the promoted project."""
+    shutil.copytree(promoted_repo, tmp_path / "repo", symlinks=True)
+    return tmp_path / "repo"
+
+
+def popen_env(**extra: str) -> dict[str, str]:
+    """The environment of a long-running child (`tunefold serve`, a worker, a cycle to kill): this venv on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
 def test_first_cycle_promotes_records_and_tags(promoted_repo: Path, tmp_path: Path) -> None:
     repo = promoted_repo
     [entry] = registry(repo)
@@ -79,9 +91,7 @@ def test_first_cycle_promotes_records_and_tags(promoted_repo: Path, tmp_path: Pa
     assert "model-v1" in run([*TUNEFOLD, "lineage", "v9"], repo, check=False).stderr
 
 
-def test_overlapping_and_unchanged_cycles_are_skipped(promoted_repo: Path, tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    shutil.copytree(promoted_repo, repo, symlinks=True)
+def test_overlapping_and_unchanged_cycles_are_skipped(repo: Path, tmp_path: Path) -> None:
     env = {"PREFECT_HOME": str(tmp_path / "prefect-home"), **EPHEMERAL}
     with WorkspaceLock(repo / ".tunefold/cycle.lock") as held:
         assert held.acquired
@@ -93,9 +103,7 @@ def test_overlapping_and_unchanged_cycles_are_skipped(promoted_repo: Path, tmp_p
     assert len(registry(repo)) == 1
 
 
-def test_new_data_rejected_by_the_gate_then_checkout_restores_the_champion(promoted_repo: Path, tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    shutil.copytree(promoted_repo, repo, symlinks=True)
+def test_new_data_rejected_by_the_gate_then_checkout_restores_the_champion(repo: Path, tmp_path: Path) -> None:
     v1_adapter = sha(repo / ADAPTER)
     v1_data = (repo / "data/sample/alpaca.jsonl").read_text()
     row = {"instruction": "Name three primary colours.", "input": "", "output": "Red, yellow and blue."}
@@ -120,18 +128,15 @@ def test_new_data_rejected_by_the_gate_then_checkout_restores_the_champion(promo
     assert len(registry(repo)) == 1  # the registry as it was at model-v1
 
 
-def test_cycle_killed_mid_training_resumes_from_its_checkpoint(promoted_repo: Path, tmp_path: Path) -> None:
+def test_cycle_killed_mid_training_resumes_from_its_checkpoint(repo: Path, tmp_path: Path) -> None:
     """SIGKILL of a whole cycle (flow, dvc, trainer) during a training stage: the registry, the champion and the
     lock survive as they were; the next cycle resumes training from the last checkpoint and decides."""
-    repo = tmp_path / "repo"
-    shutil.copytree(promoted_repo, repo, symlinks=True)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["rounds"]["r1"] |= {"max_steps": 6, "learning_rate": 1.0e-4}  # a new r1 run, long enough
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     champion = (repo / "models/champion/model.json").read_text()
     checkpoints = repo / "models/sft/r1/checkpoints"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PREFECT_HOME": str(tmp_path / "prefect-home")}  # fmt: skip
+    env = popen_env(PREFECT_HOME=str(tmp_path / "prefect-home"))
     env.pop("PREFECT_API_URL", None)
     log = tmp_path / "killed.log"
     with log.open("w") as out:
@@ -183,19 +188,17 @@ def wait_for_deployment_run(repo: Path, server_env: dict[str, str], proc: subpro
 
 
 def test_process_work_pool_runs_the_deployed_cycle(
-    promoted_repo: Path,
+    repo: Path,
     tmp_path: Path,
     prefect_server: dict[str, str],  # noqa: F811
 ) -> None:
     """`tunefold deploy --pool` on a process work pool; `prefect worker start` picks up the scheduled run."""
-    repo = tmp_path / "repo"
-    shutil.copytree(promoted_repo, repo, symlinks=True)
     set_params(repo, cycle={"interval_seconds": 5, "cron": None})
     prefect = str(Path(sys.executable).parent / "prefect")
     run([prefect, "work-pool", "create", "--type", "process", "cpu"], repo, env=prefect_server)
     out = run([*TUNEFOLD, "deploy", "--pool", "cpu"], repo, env=prefect_server).stdout
     assert "prefect worker start --pool cpu" in out
-    env = {**os.environ, **prefect_server, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = popen_env(**prefect_server)
     log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen([prefect, "worker", "start", "--pool", "cpu"], cwd=repo, env=env, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -220,12 +223,10 @@ class Hook(BaseHTTPRequestHandler):
 
 
 def test_scheduled_cycle_fires_and_a_failed_cycle_notifies(
-    promoted_repo: Path,
+    repo: Path,
     tmp_path: Path,
     prefect_server: dict[str, str],  # noqa: F811
 ) -> None:
-    repo = tmp_path / "repo"
-    shutil.copytree(promoted_repo, repo, symlinks=True)
     hook = HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
@@ -238,7 +239,7 @@ CustomWebhookNotificationBlock(name="ops", url={url!r}, json_data={{"text": "{{{
 
     # A deployment served by `tunefold serve` on a 5-second interval: it fires, finds nothing new, completes.
     set_params(repo, cycle={"interval_seconds": 5, "cron": None, "notify_block": "custom-webhook/ops"})
-    env = {**os.environ, **prefect_server, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = popen_env(**prefect_server)
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen([*TUNEFOLD, "serve"], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)  # fmt: skip
