@@ -50,6 +50,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/judging.py
+	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/fractal.py
 
 clean:
 	rm -rf $(VENV)
