@@ -156,7 +156,7 @@ def test_cycle_killed_mid_training_resumes_from_its_checkpoint(repo: Path, tmp_p
 
     out = run([*TUNEFOLD, "cycle"], repo, env={"PREFECT_HOME": str(tmp_path / "prefect-home"), **EPHEMERAL}).stdout
     r1 = json.loads((repo / "metrics/sft/r1.json").read_text())
-    assert r1["steps"] == 6 and r1["resumed_from_step"] >= 3, r1
+    assert r1["steps"] == 6 and r1["resumed_from_step"] >= 2, r1  # 2 when the kill tore checkpoint-3
     curve = [int(line.split("\t")[0]) for line in (repo / "metrics/sft/r1_loss.tsv").read_text().splitlines()[1:]]
     assert curve == list(range(1, 7))  # one loss curve across the killed and the resumed run
     first, second = registry(repo)

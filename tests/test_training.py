@@ -264,6 +264,23 @@ def run_sft(tmp_path: Path, params: Path, base: Path, env: dict | None = None, *
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, **popen)
 
 
+def test_a_checkpoint_torn_by_a_kill_while_saving_is_skipped(tmp_path: Path) -> None:
+    """A SIGKILL while the Trainer writes checkpoint-N leaves its directory without a (whole) trainer_state.json,
+    which it writes last; the resume goes back to the newest finished checkpoint and the torn ones are removed."""
+    from tunefold.training import ResumeGuard
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "checkpoint-2").mkdir(parents=True)
+    (ckpt / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (ckpt / "checkpoint-10").mkdir()
+    (ckpt / "checkpoint-10" / "adapter_model.safetensors").write_bytes(b"")  # killed before the state
+    (ckpt / "checkpoint-4").mkdir()
+    (ckpt / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')  # killed mid-write
+    (ckpt / "run.json").write_text(json.dumps({"fingerprint": "fp", "completed": False}))
+    assert ResumeGuard(ckpt, "fp", force=False).resume_point() == str(ckpt / "checkpoint-2")
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-2", "run.json"]
+
+
 def test_data_parallel_launch_trains_with_two_ranks_and_writes_once(base_model: Path, tmp_path: Path) -> None:
     """The multi-GPU path (`accelerate launch` is torchrun underneath) on two CPU ranks over gloo: DDP runs the same
     stage code, rank 0 alone writes the adapter, checkpoints, curve and metrics."""

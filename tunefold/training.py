@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -208,11 +209,9 @@ class ResumeGuard:
         self.dir, self.fp, self.force = ckpt_dir, fp, force
 
     def resume_point(self) -> str | None:
-        from transformers.trainer_utils import get_last_checkpoint
-
         state_file = self.dir / self.FILE
         state = json.loads(state_file.read_text()) if state_file.exists() else None
-        last = get_last_checkpoint(str(self.dir)) if self.dir.is_dir() else None
+        last = self._last_complete_checkpoint()
         if last and state and not state.get("completed"):
             if state["fingerprint"] == self.fp:
                 log.info("resuming from %s", last)
@@ -229,6 +228,21 @@ class ResumeGuard:
                 shutil.rmtree(self.dir)
             self.dir.mkdir(parents=True)
             write_json(state_file, {"fingerprint": self.fp, "completed": False})
+        return None
+
+    def _last_complete_checkpoint(self) -> str | None:
+        """The newest checkpoint the Trainer finished saving: its trainer_state.json, written last, parses. A kill
+        while saving leaves a newer torn one, which would fail the resume; it is removed (it is redone)."""
+        found = sorted((int(m.group(1)), p) for p in self.dir.glob("checkpoint-*")
+                       if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir())  # fmt: skip
+        for _, path in reversed(found):
+            try:
+                json.loads((path / "trainer_state.json").read_text())
+                return str(path)
+            except (OSError, ValueError):
+                log.warning("%s was not finished when its run stopped; resuming from an earlier one", path.name)
+                if is_main_process():
+                    shutil.rmtree(path, ignore_errors=True)
         return None
 
     def complete(self) -> None:
