@@ -39,16 +39,12 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from bench.common import base_model
     from tasks import generate, mt_bench
-    from tasks.prepare_model import prepare_model
-    from tunefold.config import ModelConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        base = ROOT / "models/base"
-        if not (base / "config.json").exists():
-            base = work / "base"
-            prepare_model(ModelConfig(), base)
+        base = base_model(work)
         result: dict[str, object] = {"workers": args.workers, "max_new_tokens": args.max_new_tokens,
                                      "cpus": os.cpu_count()}  # fmt: skip
         for name, workers in (("one_process", 0), ("fanned_out", args.workers)):

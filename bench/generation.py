@@ -27,17 +27,13 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from tasks.prepare_model import prepare_model
-    from tunefold.config import ModelConfig
+    from bench.common import base_model
     from tunefold.generation import Generator, Prompt
     from tunefold.models import load_model, load_tokenizer
     from tunefold.mtbench import load_questions
 
     with tempfile.TemporaryDirectory() as tmp:
-        base = ROOT / "models/base"
-        if not (base / "config.json").exists():
-            base = Path(tmp) / "base"
-            prepare_model(ModelConfig(), base)
+        base = base_model(Path(tmp))
         model, tok = load_model(base), load_tokenizer(base)
         questions = load_questions(args.questions)
         convs = [[{"role": "user", "content": q.turns[0]}] for q in questions]

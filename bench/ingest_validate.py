@@ -134,13 +134,9 @@ def main() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        from tasks.prepare_model import prepare_model
-        from tunefold.config import ModelConfig
+        from bench.common import base_model
 
-        model_dir = ROOT / "models/base"
-        if not (model_dir / "config.json").exists():
-            model_dir = work / "base"
-            prepare_model(ModelConfig(), model_dir)
+        model_dir = base_model(work)
         result = bench_throughput(args.rows, work, model_dir)
         print(json.dumps(result, indent=2))
         if not args.skip_orchestration:

@@ -26,16 +26,17 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from bench.common import base_model
     from tasks.generate import Item, _local_answerer, answer_items
     from tasks.mt_bench import judge_single
     from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig, LLMConfig
     from tunefold.llm import Gateway
     from tunefold.mtbench import TEMPERATURE, answer_row, load_answers, load_judge_prompts, load_questions
 
-    base = ROOT / "models/base"
     questions = load_questions(args.questions, args.references)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        base = base_model(work)
         cfg = EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=8)
         answer = _local_answerer(cfg, CandidateSettings(model_id="base"), base)
         items = [Item(q.question_id, q.turns, TEMPERATURE.get(q.category, 0.7)) for q in questions]

@@ -145,6 +145,8 @@ def _fold_parts(job: Job) -> int:
     """Move what shard workers wrote (also of a killed run) into the answers file, in item order; parts of
     another fingerprint are discarded. Returns how many answers moved."""
     _open_answers(job.path, job.fp)
+    if not _parts(job.path):
+        return 0
     rows = {_key(r): r for r in read_appended(job.path)}
     moved = 0
     for part in _parts(job.path):

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from tests.conftest import ROOT
 from tests.faults import FaultServer, counting_proxy
 from tunefold.config import EndpointConfig, LLMConfig
+from tunefold.errors import TunefoldError
 from tunefold.llm import ChatRequest, EndpointDown, EndpointRejected, Gateway, parse_rating, parse_verdict
 from tunefold.llm.server import EmbeddedServer
 
@@ -103,6 +104,18 @@ def test_no_retry_on_400_and_stop_on_401(tmp_path: Path) -> None:
         pytest.raises(EndpointRejected, match=f"{srv.base_url}.*HTTP 401"),
     ):
         gw.chat("judge", ask("x"))
+
+
+def test_judge_named_without_connecting_and_a_served_role_needs_its_model(tmp_path: Path) -> None:
+    """Naming the judge (for output file names) neither starts the embedded server nor calls an endpoint; a
+    `base_url` without `model` is the same clear error whether the role is named or called."""
+    with Gateway(LLMConfig(), "t", tmp_path) as gw:
+        assert gw.model_name("judge") == "smollm2-135m-instruct.q4_1" and gw._server is None
+    served = LLMConfig(judge=EndpointConfig(base_url="http://127.0.0.1:9/v1"))
+    with Gateway(served, "t", tmp_path) as gw:
+        for use in (lambda: gw.model_name("judge"), lambda: gw.chat("judge", ask("x"))):
+            with pytest.raises(TunefoldError, match=r"llm\.judge\.model must be set"):
+                use()
 
 
 def test_batch_keeps_going_past_failed_items(tmp_path: Path) -> None:

@@ -188,13 +188,15 @@ class Gateway:
         cfg: EndpointConfig | None = self._extra.get(role) or getattr(self.cfg, role, None)
         if not isinstance(cfg, EndpointConfig):
             raise TunefoldError(f"unknown LLM role {role!r}; params.yaml llm has teacher, judge and student")
+        if cfg.base_url and not cfg.model:
+            raise TunefoldError(f"llm.{role}.model must be set when llm.{role}.base_url is")
         return cfg
 
     def model_name(self, role: str) -> str:
         """The model id a role's calls name, without connecting (no embedded server is started just for this)."""
         cfg = self._role_cfg(role)
-        if cfg.base_url:
-            return cfg.model or ""
+        if cfg.base_url and cfg.model:
+            return cfg.model
         return self._server.alias if self._server else gguf_path(self.cfg.embedded).stem.lower()
 
     def _connect(self, role: str) -> _Endpoint:
@@ -203,8 +205,6 @@ class Gateway:
         cfg = self._role_cfg(role)
         if cfg.base_url:
             base_url, model = cfg.base_url.rstrip("/"), cfg.model
-            if not model:
-                raise TunefoldError(f"llm.{role}.model must be set when llm.{role}.base_url is")
             api_key = resolve_api_key(cfg, base_url)
             name, fingerprint = base_url, model
             json_mode = "json_object" if cfg.json_mode == "auto" else cfg.json_mode
