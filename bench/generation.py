@@ -28,9 +28,9 @@ def main() -> None:
     import torch
 
     from bench.common import base_model
-    from tunefold.generation import Generator, Prompt
-    from tunefold.models import load_model, load_tokenizer
-    from tunefold.mtbench import load_questions
+    from tunefold.eval.generation import Generator, Prompt
+    from tunefold.eval.mtbench import load_questions
+    from tunefold.train.models import load_model, load_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         base = base_model(Path(tmp))
@@ -67,9 +67,9 @@ def main() -> None:
 def bench_judging(questions: list, answers: list[str], work: Path) -> dict:
     """Single-answer grading of every turn-1 answer through the gateway, concurrency 8 vs 1 (fresh caches)."""
     from tunefold.config import EndpointConfig, LLMConfig
-    from tunefold.judge import ask_judge
+    from tunefold.eval.judge import ask_judge
+    from tunefold.eval.mtbench import load_judge_prompts, prompt_for, single_messages
     from tunefold.llm import Gateway
-    from tunefold.mtbench import load_judge_prompts, prompt_for, single_messages
 
     prompts = load_judge_prompts(None)
     out: dict[str, float | int] = {"judgments": len(questions)}

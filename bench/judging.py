@@ -30,8 +30,8 @@ def main() -> None:
     from tasks.generate import Item, _local_answerer, answer_items
     from tasks.mt_bench import judge_single
     from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig, LLMConfig
+    from tunefold.eval.mtbench import TEMPERATURE, answer_row, load_answers, load_judge_prompts, load_questions
     from tunefold.llm import Gateway
-    from tunefold.mtbench import TEMPERATURE, answer_row, load_answers, load_judge_prompts, load_questions
 
     questions = load_questions(args.questions, args.references)
     with tempfile.TemporaryDirectory() as tmp:

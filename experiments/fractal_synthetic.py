@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tunefold.config import FractalConfig  # noqa: E402
-from tunefold.formats import convert_row, read_rows  # noqa: E402
+from tunefold.data.formats import convert_row, read_rows  # noqa: E402
 from tunefold.fractal.auc import auc_roc  # noqa: E402
 from tunefold.fractal.split import split_sentences  # noqa: E402
 

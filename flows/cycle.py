@@ -21,12 +21,12 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import pipeline
 from tunefold.config import Params, load_params
-from tunefold.dvcrun import dvc_cmd, tool_env
+from tunefold.cycle.promotion import Decision, Scores, decide
+from tunefold.cycle.registry import Registry, git, lineage, lock_outs, source_hashes
 from tunefold.io import atomic_dir, read_json
-from tunefold.lock import WorkspaceLock
-from tunefold.promotion import Decision, Scores, decide
-from tunefold.registry import Registry, git, lineage, lock_outs, source_hashes
-from tunefold.summary import md_table
+from tunefold.pipeline.dvcrun import dvc_cmd, tool_env
+from tunefold.pipeline.lock import WorkspaceLock
+from tunefold.pipeline.summary import md_table
 
 LOCK = ".tunefold/cycle.lock"
 

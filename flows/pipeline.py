@@ -17,9 +17,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tunefold.config import load_params
-from tunefold.dag import StageGraph
-from tunefold.dvcrun import dvc_cmd, tool_env
-from tunefold.summary import stage_metrics, stage_summary
+from tunefold.pipeline.dag import StageGraph
+from tunefold.pipeline.dvcrun import dvc_cmd, tool_env
+from tunefold.pipeline.summary import stage_metrics, stage_summary
 
 
 @task(name="stage", task_run_name="{name}", cache_policy=NO_CACHE)

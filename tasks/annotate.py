@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from tunefold.curriculum.taxonomy import instruction_text, tag_instructions, with_tag
+from tunefold.data.records import Record, read_records
 from tunefold.io import write_json, write_jsonl, write_text
-from tunefold.records import Record, read_records
-from tunefold.stage import StageContext, log, stage_main
-from tunefold.summary import md_table
+from tunefold.pipeline.stage import StageContext, log, stage_main
+from tunefold.pipeline.summary import md_table
 
 
 def annotate(ctx: StageContext, records: list[Record]) -> tuple[list[Record], dict[str, Any]]:

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from tunefold.config import TASK_TYPES
+from tunefold.data.records import Message, Record, read_records, with_response
+from tunefold.eval.judge import ask_judge
+from tunefold.eval.mtbench import JudgePrompt, Question, load_judge_prompts, single_messages
 from tunefold.io import write_json, write_jsonl, write_text
-from tunefold.judge import ask_judge
 from tunefold.llm import Gateway
-from tunefold.mtbench import JudgePrompt, Question, load_judge_prompts, single_messages
-from tunefold.records import Message, Record, read_records, with_response
-from tunefold.stage import StageContext, log, stage_main
-from tunefold.summary import md_table
+from tunefold.pipeline.stage import StageContext, log, stage_main
+from tunefold.pipeline.summary import md_table
 
 
 def _chat(messages: list[Message]) -> list[dict[str, str]]:

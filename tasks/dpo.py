@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from tunefold.config import DPOSettings, TrainConfig
+from tunefold.data.records import Record, read_records
 from tunefold.errors import InputError
 from tunefold.io import write_json
-from tunefold.models import STACK_FILE, load_tokenizer
-from tunefold.records import Record, read_records
-from tunefold.stage import StageContext, log, stage_main
-from tunefold.training import (
+from tunefold.pipeline.stage import StageContext, log, stage_main
+from tunefold.train.models import STACK_FILE, load_tokenizer
+from tunefold.train.training import (
     ResumeGuard,
     file_hash,
     fingerprint,

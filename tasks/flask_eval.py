@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunefold.errors import InputError
-from tunefold.flask import (
+from tunefold.eval.flask import (
     JSON_INSTRUCTION,
     SKILLS,
     TEMPLATE_HASH,
@@ -32,7 +32,7 @@ from tunefold.flask import (
 )
 from tunefold.io import read_appended, write_jsonl
 from tunefold.llm import ChatRequest, ChatResult, Gateway
-from tunefold.stage import StageContext, log, stage_main
+from tunefold.pipeline.stage import StageContext, log, stage_main
 
 
 def annotate(gw: Gateway, instances: list[Instance], seed: int) -> tuple[list[Instance], int]:

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig
-from tunefold.fanout import fan_out
-from tunefold.flask import load_instances
+from tunefold.eval.flask import load_instances
+from tunefold.eval.mtbench import TEMPERATURE, answer_row, load_questions
 from tunefold.io import read_appended, write_jsonl
-from tunefold.mtbench import TEMPERATURE, answer_row, load_questions
-from tunefold.stage import StageContext, log, stage_main
-from tunefold.training import file_hash, fingerprint
+from tunefold.pipeline.fanout import fan_out
+from tunefold.pipeline.stage import StageContext, log, stage_main
+from tunefold.train.training import file_hash, fingerprint
 
 # (conversations, temperatures) -> (text, new tokens, stopped at the end-of-turn token) per conversation
 Answerer = Callable[[list[list[dict[str, str]]], list[float]], list[tuple[str, int, bool]]]
@@ -210,8 +210,8 @@ def _fanned_out(cfg: EvalConfig, who: CandidateSettings, base_dir: Path, jobs: l
 
 
 def _local_answerer(cfg: EvalConfig, who: CandidateSettings, base_dir: Path) -> Answerer:
-    from tunefold.generation import Generator, Prompt
-    from tunefold.models import load_tokenizer, load_trained
+    from tunefold.eval.generation import Generator, Prompt
+    from tunefold.train.models import load_tokenizer, load_trained
 
     model = load_trained(base_dir, who.adapter)
     gen = Generator(model, load_tokenizer(base_dir), cfg.batch_size, cfg.max_new_tokens, cfg.seed)

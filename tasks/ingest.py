@@ -1,6 +1,6 @@
 """Stage `ingest`: read every source in params.yaml into the one record schema, drop duplicates, keep counts.
 
-Outputs (in --out): records.jsonl (one `tunefold.records.Record` a line), rejected.jsonl (rows that could not be
+Outputs (in --out): records.jsonl (one `tunefold.data.records.Record` a line), rejected.jsonl (rows that could not be
 read or converted: location, reason, raw text), duplicates.jsonl (each dropped duplicate and the id it repeats).
 Counts reconcile: rows_read = rows_rejected + rows_converted; records_candidate = records_kept + duplicates.
 """
@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from tunefold.config import IngestConfig
+from tunefold.data.formats import RowError, convert_row, detect_format, read_rows
+from tunefold.data.records import Record, make_record, normalized_key
 from tunefold.errors import InputError
-from tunefold.formats import RowError, convert_row, detect_format, read_rows
 from tunefold.io import write_jsonl
-from tunefold.records import Record, make_record, normalized_key
-from tunefold.stage import StageContext, log, stage_main
+from tunefold.pipeline.stage import StageContext, log, stage_main
 
 RECORDS, REJECTED, DUPLICATES = "records.jsonl", "rejected.jsonl", "duplicates.jsonl"
 COUNTS = (

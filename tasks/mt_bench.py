@@ -17,11 +17,8 @@ from typing import Any
 
 from tunefold.config import EvalConfig, Params
 from tunefold.errors import InputError
-from tunefold.fanout import fan_out
-from tunefold.io import write_jsonl
-from tunefold.judge import ask_judge
-from tunefold.llm import Gateway
-from tunefold.mtbench import (
+from tunefold.eval.judge import ask_judge
+from tunefold.eval.mtbench import (
     Question,
     aggregate_pairs,
     aggregate_single,
@@ -33,7 +30,10 @@ from tunefold.mtbench import (
     prompt_for,
     single_messages,
 )
-from tunefold.stage import StageContext, log, stage_main
+from tunefold.io import write_jsonl
+from tunefold.llm import Gateway
+from tunefold.pipeline.fanout import fan_out
+from tunefold.pipeline.stage import StageContext, log, stage_main
 
 
 def judge_single(gw: Gateway, model_id: str, questions: list[Question], answers: dict[int, list[str]],

@@ -18,11 +18,11 @@ from typing import Any
 
 from tunefold.config import CurriculumConfig
 from tunefold.curriculum.planning import distribution, mfd_of, rebalance, round_stats, split_rounds
+from tunefold.data.records import Record, make_record, read_records
 from tunefold.errors import InputError
 from tunefold.io import atomic_dir, write_json, write_jsonl, write_text
-from tunefold.records import Record, make_record, read_records
-from tunefold.stage import StageContext, log, stage_main
-from tunefold.summary import md_table
+from tunefold.pipeline.stage import StageContext, log, stage_main
+from tunefold.pipeline.summary import md_table
 
 
 def preference_pairs(records: list[Record]) -> list[Record]:

@@ -9,8 +9,8 @@ from typing import Any
 
 from tunefold.config import ModelConfig
 from tunefold.io import atomic_dir
-from tunefold.models import convert_base
-from tunefold.stage import StageContext, log, stage_main
+from tunefold.pipeline.stage import StageContext, log, stage_main
+from tunefold.train.models import convert_base
 
 
 def prepare_model(cfg: ModelConfig, out_dir: Path) -> dict[str, Any]:

@@ -15,11 +15,11 @@ from typing import Any
 
 from tunefold.curriculum.prompts import refine_messages
 from tunefold.curriculum.taxonomy import instruction_text
+from tunefold.data.records import Record, read_records, with_response
 from tunefold.io import write_jsonl, write_text
 from tunefold.llm import ChatRequest
-from tunefold.records import Record, read_records, with_response
-from tunefold.stage import StageContext, log, stage_main
-from tunefold.summary import md_table
+from tunefold.pipeline.stage import StageContext, log, stage_main
+from tunefold.pipeline.summary import md_table
 
 
 def refine(ctx: StageContext, records: list[Record]) -> tuple[list[Record], dict[str, Any]]:

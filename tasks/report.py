@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from tunefold.errors import InputError
-from tunefold.flask import DIFFICULTIES, SKILLS
+from tunefold.eval.flask import DIFFICULTIES, SKILLS
 from tunefold.fractal.highlight import lowest_sentences
 from tunefold.io import read_json, write_json, write_text
-from tunefold.stage import StageContext, log, stage_main
+from tunefold.pipeline.stage import StageContext, log, stage_main
 
 
 def _radar(labels: list[str], series: dict[str, list[float]], top: float, title: str) -> bytes:

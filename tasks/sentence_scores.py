@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunefold.data.records import read_records
 from tunefold.errors import InputError
+from tunefold.eval.mtbench import load_questions
 from tunefold.fractal.aggregate import Aggregation, hard_aggregate
 from tunefold.fractal.auc import auc_roc
 from tunefold.fractal.bags import Response, flask_responses, label_of, mt_bench_responses, to_bags
 from tunefold.io import write_jsonl
-from tunefold.mtbench import load_questions
-from tunefold.records import read_records
-from tunefold.stage import StageContext, log, stage_main
+from tunefold.pipeline.stage import StageContext, log, stage_main
 
 
 def _row(r: Response, scores: list[float], label: float | None, how: Aggregation) -> dict[str, Any]:

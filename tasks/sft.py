@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from tunefold.config import TrainConfig
+from tunefold.data.records import read_records
 from tunefold.errors import InputError
 from tunefold.io import write_jsonl
-from tunefold.models import load_tokenizer
-from tunefold.records import read_records
-from tunefold.stage import StageContext, log, stage_main
-from tunefold.training import (
+from tunefold.pipeline.stage import StageContext, log, stage_main
+from tunefold.train.models import load_tokenizer
+from tunefold.train.training import (
     ResumeGuard,
     file_hash,
     fingerprint,

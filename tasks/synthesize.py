@@ -31,14 +31,14 @@ from tunefold.curriculum.prompts import (
 )
 from tunefold.curriculum.synthesis import Metadata, contrastive_decision, metadata_pool
 from tunefold.curriculum.taxonomy import instruction_text, tag_instructions, with_tag
+from tunefold.data.formats import convert_row, detect_format, read_rows
+from tunefold.data.records import Message, Record, make_record, read_records
 from tunefold.errors import InputError
-from tunefold.formats import convert_row, detect_format, read_rows
+from tunefold.eval.judge import score_both_orders
 from tunefold.io import write_json, write_jsonl, write_text
-from tunefold.judge import score_both_orders
 from tunefold.llm import ChatRequest, Gateway
-from tunefold.records import Message, Record, make_record, read_records
-from tunefold.stage import StageContext, log, stage_main
-from tunefold.summary import md_table
+from tunefold.pipeline.stage import StageContext, log, stage_main
+from tunefold.pipeline.summary import md_table
 
 
 def load_seeds(gw: Gateway, path: Path, limit: int | None) -> tuple[list[Record], int]:

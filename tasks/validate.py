@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from tunefold.config import ValidateConfig
 from tunefold.errors import InputError
 from tunefold.io import write_json, write_jsonl, write_text
-from tunefold.models import load_tokenizer
-from tunefold.stage import StageContext, log, stage_main
+from tunefold.pipeline.stage import StageContext, log, stage_main
+from tunefold.train.models import load_tokenizer
 
 if TYPE_CHECKING:
     import pandas as pd

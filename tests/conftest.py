@@ -39,7 +39,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.Compl
 def project_files() -> list[str]:
     """Tracked and unignored files, minus anything a pipeline stage writes (a run in progress in this checkout
     may not have listed its outputs in .gitignore yet)."""
-    from tunefold.dag import StageGraph
+    from tunefold.pipeline.dag import StageGraph
 
     graph = StageGraph.load(ROOT / "dvc.yaml")
     produced = [Path(p) for st in graph.stages.values() for p in (*st.outs, *st.metrics, *st.plots)]

@@ -14,9 +14,9 @@ import yaml
 from tunefold.config import DEFAULT_TARGET, load_params
 from tunefold.curriculum.planning import apportion, mfd_of, rebalance, split_rounds
 from tunefold.curriculum.synthesis import contrastive_decision
+from tunefold.data.records import Message, Record, make_record, read_records
 from tunefold.errors import InputError, ParamsError
-from tunefold.judge import parse_pair_scores
-from tunefold.records import Message, Record, make_record, read_records
+from tunefold.eval.judge import parse_pair_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 

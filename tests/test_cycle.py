@@ -22,7 +22,7 @@ import yaml
 
 from tests.conftest import run
 from tests.test_pipeline import prefect_server  # noqa: F401  (fixture)
-from tunefold.lock import WorkspaceLock
+from tunefold.pipeline.lock import WorkspaceLock
 
 pytestmark = pytest.mark.slow
 TUNEFOLD = [sys.executable, "-m", "tunefold.cli"]

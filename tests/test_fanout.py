@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tunefold.mtbench import answer_row
+from tunefold.eval.mtbench import answer_row
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tunefold.errors import InputError
-from tunefold.flask import DIFFICULTIES, DOMAINS, SKILLS, Annotation, aggregate, load_instances, parse_skill_scores
+from tunefold.eval.flask import DIFFICULTIES, DOMAINS, SKILLS, Annotation, aggregate, load_instances, parse_skill_scores
 
 MINI = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "flask_mini" / "flask_evaluation.jsonl"
 

@@ -15,6 +15,7 @@ import yaml
 from tasks.report import build_summary, render
 from tasks.sentence_scores import main as sentence_scores_main
 from tunefold.config import FractalConfig
+from tunefold.data.records import Message, Record, make_record, read_records
 from tunefold.errors import InputError
 from tunefold.fractal.aggregate import pseudo_labels, soft_aggregate
 from tunefold.fractal.auc import auc_roc
@@ -22,7 +23,6 @@ from tunefold.fractal.highlight import lowest_sentences
 from tunefold.fractal.pairs import preference_pairs, truncated_pair
 from tunefold.fractal.scorer import BagData, Scorer, mlp, train_scorer
 from tunefold.fractal.split import split_sentences, split_spans
-from tunefold.records import Message, Record, make_record, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -314,7 +314,7 @@ def test_stage_metrics_record_llm_usage_and_stop_the_gateway(tmp_path: Path) -> 
     """A stage that calls an LLM through its context gets cache hits, tokens and cost in its metrics JSON."""
     import yaml
 
-    from tunefold.stage import stage_main
+    from tunefold.pipeline.stage import stage_main
 
     with FaultServer(default="ok:[[6]]") as srv:
         params = {

@@ -9,9 +9,9 @@ import pytest
 
 from tasks.ingest import DUPLICATES, RECORDS, REJECTED, ingest
 from tunefold.config import IngestConfig, SourceConfig
+from tunefold.data.records import Record, content_id
 from tunefold.errors import InputError
 from tunefold.io import read_jsonl
-from tunefold.records import Record, content_id
 
 ALPACA = {"instruction": "Add 2 and 3.", "input": "", "output": "5"}
 SHAREGPT = {"conversations": [{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello!"}]}

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import SHARED
 from tunefold.errors import InputError
-from tunefold.mtbench import (
+from tunefold.eval.mtbench import (
     aggregate_pairs,
     aggregate_single,
     combine_orders,
@@ -108,7 +108,7 @@ def test_generation_resumes_and_never_mixes_models(base_model: Path, tmp_path: P
     another model or setting are discarded, not mixed in."""
     from tasks.generate import Item, _local_answerer, answer_items
     from tunefold.config import CandidateSettings, EvalConfig
-    from tunefold.mtbench import answer_row
+    from tunefold.eval.mtbench import answer_row
 
     cfg = EvalConfig(max_new_tokens=4, batch_size=2)
     answer = _local_answerer(cfg, CandidateSettings(model_id="base"), base_model)
@@ -140,7 +140,7 @@ def test_official_files_run_through_generate_and_judge(base_model: Path, tmp_pat
     from tasks.generate import generate
     from tasks.mt_bench import run_mt_bench
     from tunefold.config import load_params
-    from tunefold.stage import StageContext
+    from tunefold.pipeline.stage import StageContext
 
     params = {
         "ingest": {"sources": [{"path": "unused.jsonl"}]},

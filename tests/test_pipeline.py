@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, run
-from tunefold.dag import StageGraph
+from tunefold.pipeline.dag import StageGraph
 
 DVC = [sys.executable, "-m", "dvc"]
 pytestmark = pytest.mark.slow

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tunefold.config import GateSettings
-from tunefold.lock import WorkspaceLock
-from tunefold.promotion import Scores, decide
+from tunefold.cycle.promotion import Scores, decide
+from tunefold.pipeline.lock import WorkspaceLock
 
 GATE = GateSettings(mt_bench_tolerance=0.2, flask_tolerance=0.25, max_parse_failure_rate=0.1, tie_margin=0.1)
 
@@ -73,7 +73,7 @@ def test_lock_admits_one_holder_and_is_freed_when_its_holder_dies(tmp_path: Path
             assert not second.acquired and second.holder().startswith("pid ")
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import time
-from tunefold.lock import WorkspaceLock
+from tunefold.pipeline.lock import WorkspaceLock
 with WorkspaceLock(__import__("pathlib").Path({str(path)!r})) as l:
     print(l.acquired, flush=True); time.sleep(60)
 """], stdout=subprocess.PIPE, text=True)  # fmt: skip

@@ -15,9 +15,9 @@ import yaml
 
 from tests.conftest import ROOT
 from tunefold.config import DPOSettings, LoraSettings, SFTRound, TrainConfig
+from tunefold.data.records import Message, make_record
 from tunefold.errors import InputError
 from tunefold.io import write_jsonl
-from tunefold.records import Message, make_record
 
 pytestmark = pytest.mark.slow
 
@@ -76,8 +76,8 @@ def sft_run(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_sft_trains_assistant_tokens_and_lowers_loss(sft_run: dict, base_model: Path) -> None:
     from peft import PeftModel
 
-    from tunefold.models import load_model, load_tokenizer
-    from tunefold.training import training_template
+    from tunefold.train.models import load_model, load_tokenizer
+    from tunefold.train.training import training_template
 
     m, work = sft_run["metrics"], sft_run["work"]
     assert m["steps"] == 6 and m["chat_template"] == "tunefold:smollm2_training.jinja"
@@ -95,8 +95,8 @@ def test_sft_trains_assistant_tokens_and_lowers_loss(sft_run: dict, base_model: 
 
 
 def test_training_template_renders_like_the_models_own(base_model: Path) -> None:
-    from tunefold.models import load_tokenizer
-    from tunefold.training import training_template
+    from tunefold.train.models import load_tokenizer
+    from tunefold.train.training import training_template
 
     tok = load_tokenizer(base_model)
     template, _ = training_template(tok)
@@ -118,7 +118,7 @@ def test_training_template_renders_like_the_models_own(base_model: Path) -> None
 def test_trained_model_stops_after_a_short_answer(sft_run: dict, base_model: Path) -> None:
     import torch
 
-    from tunefold.models import load_tokenizer, load_trained
+    from tunefold.train.models import load_tokenizer, load_trained
 
     tok = load_tokenizer(base_model)
     model = load_trained(base_model, sft_run["work"] / "adapter")
@@ -136,7 +136,7 @@ def test_adapter_reloads_merges_and_exports_with_the_same_logits(sft_run: dict, 
     import torch
     from peft import PeftModel
 
-    from tunefold.models import load_model, load_trained
+    from tunefold.train.models import load_model, load_trained
 
     ids = torch.tensor([[1, 504, 3458, 314, 260, 3444, 282, 4649, 47]])
     with torch.no_grad():
@@ -166,7 +166,7 @@ def test_second_round_continues_from_the_first(sft_run: dict, base_model: Path) 
 
 def test_dpo_raises_the_reward_margin(sft_run: dict, base_model: Path) -> None:
     from tasks.dpo import train_dpo
-    from tunefold.models import load_trained
+    from tunefold.train.models import load_trained
 
     work = sft_run["work"]
     cfg = DPOSettings(init=str(work / "adapter"), data=str(sft_run["data"]), beta=0.1, epochs=1,
@@ -192,7 +192,7 @@ def test_packed_batches_match_separate_sequences(base_model: Path) -> None:
     """
     import torch
 
-    from tunefold.models import load_model
+    from tunefold.train.models import load_model
 
     model = load_model(base_model)
     a, b = torch.tensor([[1, 504, 3458, 314, 260]]), torch.tensor([[1, 1205, 314, 4649, 47, 2367, 30]])
@@ -267,7 +267,7 @@ def run_sft(tmp_path: Path, params: Path, base: Path, env: dict | None = None, *
 def test_a_checkpoint_torn_by_a_kill_while_saving_is_skipped(tmp_path: Path) -> None:
     """A SIGKILL while the Trainer writes checkpoint-N leaves its directory without a (whole) trainer_state.json,
     which it writes last; the resume goes back to the newest finished checkpoint and the torn ones are removed."""
-    from tunefold.training import ResumeGuard
+    from tunefold.train.training import ResumeGuard
 
     ckpt = tmp_path / "ckpt"
     (ckpt / "checkpoint-2").mkdir(parents=True)

@@ -9,9 +9,9 @@ import pytest
 
 from tasks.validate import CLEAN, QUARANTINE, REPORT_JSON, REPORT_MD, validate
 from tunefold.config import ValidateConfig
+from tunefold.data.records import Message, make_record
 from tunefold.errors import InputError
 from tunefold.io import read_jsonl, write_jsonl
-from tunefold.records import Message, make_record
 
 
 def rec(*turns: tuple[str, str], **kw) -> dict:

@@ -28,14 +28,14 @@ examples:
 
 
 def _dvc(args: list[str], root: Path) -> int:
-    from tunefold.dvcrun import dvc_cmd, tool_env
+    from tunefold.pipeline.dvcrun import dvc_cmd, tool_env
 
     return subprocess.call(dvc_cmd(*args), cwd=root, env=tool_env())
 
 
 def cmd_run(a: argparse.Namespace) -> int:
     from tunefold.config import load_params
-    from tunefold.dag import StageGraph
+    from tunefold.pipeline.dag import StageGraph
 
     load_params(a.root / "params.yaml")
     order = StageGraph.load(a.root / "dvc.yaml").order(a.stages)
@@ -53,7 +53,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def cmd_stage(a: argparse.Namespace) -> int:
     from tunefold.config import load_params
-    from tunefold.dag import StageGraph
+    from tunefold.pipeline.dag import StageGraph
 
     load_params(a.root / "params.yaml")
     StageGraph.load(a.root / "dvc.yaml").order([a.name])
@@ -61,8 +61,8 @@ def cmd_stage(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from tunefold.dag import StageGraph
-    from tunefold.summary import stage_metrics
+    from tunefold.pipeline.dag import StageGraph
+    from tunefold.pipeline.summary import stage_metrics
 
     graph = StageGraph.load(a.root / "dvc.yaml")
     rc = _dvc(["status"], a.root)
@@ -84,7 +84,7 @@ def cmd_params(a: argparse.Namespace) -> int:
 
 
 def cmd_dag(a: argparse.Namespace) -> int:
-    from tunefold.dag import StageGraph
+    from tunefold.pipeline.dag import StageGraph
 
     graph = StageGraph.load(a.root / "dvc.yaml")
     for name in graph.order():
@@ -99,7 +99,7 @@ def cmd_llm_check(a: argparse.Namespace) -> int:
 
     from tunefold.config import load_params
     from tunefold.llm import ChatRequest, Gateway
-    from tunefold.stage import setup_logging
+    from tunefold.pipeline.stage import setup_logging
 
     setup_logging()
     params = load_params(a.root / "params.yaml")
@@ -119,7 +119,7 @@ def cmd_llm_check(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     """Merge an adapter (and the adapters under it) into the base: a plain checkpoint for vLLM, llama.cpp, hubs."""
     from tunefold.io import atomic_dir
-    from tunefold.models import load_tokenizer, load_trained
+    from tunefold.train.models import load_tokenizer, load_trained
 
     model = load_trained(a.base, a.adapter)
     tokenizer = load_tokenizer(a.adapter if (a.adapter / "tokenizer_config.json").exists() else a.base)
@@ -158,7 +158,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 def cmd_lineage(a: argparse.Namespace) -> int:
     from tunefold.config import load_params
-    from tunefold.registry import Registry, print_lineage
+    from tunefold.cycle.registry import Registry, print_lineage
 
     registry = Registry(a.root, load_params(a.root / "params.yaml"))
     entry = registry.find(a.model) if a.model else registry.champion()

@@ -9,8 +9,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunefold.data.records import Record
 from tunefold.errors import InputError
-from tunefold.records import Record
 
 
 def task_of(r: Record) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from tunefold.data.records import Record
 from tunefold.errors import InputError
-from tunefold.records import Record
 
 
 @dataclass(frozen=True)

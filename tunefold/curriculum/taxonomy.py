@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from tunefold.config import TASK_TYPES
+from tunefold.data.records import Record
 from tunefold.llm import ChatRequest, Gateway
-from tunefold.records import Record
 
 TASK_DESCRIPTIONS = {
     "writing": "compose original prose: essays, stories, emails, posts, poems",

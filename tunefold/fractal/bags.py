@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from tunefold.config import FractalConfig
 from tunefold.errors import InputError
+from tunefold.eval.mtbench import Question, load_answers
 from tunefold.fractal.split import Span, split_spans
 from tunefold.io import read_jsonl
-from tunefold.mtbench import Question, load_answers
 
 if TYPE_CHECKING:
     from tunefold.fractal.embed import Embedder

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunefold.config import FractalConfig
+from tunefold.data.records import Message, Record, make_record
 from tunefold.fractal.bags import Response, to_bags
 from tunefold.fractal.split import Span
-from tunefold.records import Message, Record, make_record
 
 if TYPE_CHECKING:
     from tunefold.fractal.embed import Embedder

@@ -25,7 +25,7 @@ import httpx
 
 from tunefold.config import EmbeddedServerConfig
 from tunefold.errors import TunefoldError
-from tunefold.models import EMBEDDED, embedded_gguf
+from tunefold.train.models import EMBEDDED, embedded_gguf
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1

@@ -2,7 +2,7 @@
 
 Readers yield one `RawRow` per physical row with its location, or the reason it could not be read, so that
 one bad line never costs the valid rows around it. Shapes (alpaca, sharegpt, OpenAI messages, preference
-pairs, Self-Instruct seed tasks) are converted into `tunefold.records.Message` lists.
+pairs, Self-Instruct seed tasks) are converted into `tunefold.data.records.Message` lists.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunefold.data.records import Message
 from tunefold.errors import InputError
-from tunefold.records import Message
 
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 

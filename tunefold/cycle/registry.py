@@ -18,7 +18,7 @@ import yaml
 from tunefold.config import Params
 from tunefold.errors import InputError
 from tunefold.io import read_json, write_jsonl
-from tunefold.training import file_hash
+from tunefold.train.training import file_hash
 
 ENTRIES = "models.jsonl"
 
@@ -84,9 +84,9 @@ def source_hashes(root: Path, params: Params) -> dict[str, str]:
 
 def lineage(root: Path, params: Params) -> dict[str, Any]:
     """Where the current workspace's model and scores come from, from the files the stages left behind."""
-    from tunefold.flask import TEMPLATE_HASH as FLASK_TEMPLATE
-    from tunefold.judge import template_hash
-    from tunefold.mtbench import load_judge_prompts
+    from tunefold.eval.flask import TEMPLATE_HASH as FLASK_TEMPLATE
+    from tunefold.eval.judge import template_hash
+    from tunefold.eval.mtbench import load_judge_prompts
 
     outs = lock_outs(root)
     read = lambda rel: read_json(root / rel) if (root / rel).exists() else {}  # noqa: E731

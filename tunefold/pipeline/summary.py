@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunefold.dag import Stage
+from tunefold.pipeline.dag import Stage
 
 
 def _size(path: Path) -> int:

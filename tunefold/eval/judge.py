@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tunefold.eval.mtbench import JSON_INSTRUCTION, JudgePrompt, RatingReply, VerdictReply
 from tunefold.llm import ChatRequest, ChatResult, Gateway, Parsed, parse_rating, parse_verdict
-from tunefold.mtbench import JSON_INSTRUCTION, JudgePrompt, RatingReply, VerdictReply
-from tunefold.training import sha256_text
+from tunefold.train.training import sha256_text
 
 
 def template_hash(p: JudgePrompt) -> str:

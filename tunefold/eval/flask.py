@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from tunefold.errors import InputError
 from tunefold.llm.parsing import Parsed, last_json_object
-from tunefold.training import sha256_text
+from tunefold.train.training import sha256_text
 
 SKILLS: dict[str, tuple[str, str]] = {  # skill -> (ability, rubric: what 1 and 5 mean, in our words)
     "Logical Correctness": ("Logical Thinking",

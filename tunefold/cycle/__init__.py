@@ -1,0 +1,1 @@
+"""Retrain-and-evaluate cycles: the promotion gate and the model registry."""

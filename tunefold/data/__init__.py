@@ -1,0 +1,1 @@
+"""Reading instruction data and the one record schema."""

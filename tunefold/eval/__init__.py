@@ -1,0 +1,1 @@
+"""Answer generation and the MT-Bench and FLASK judges."""

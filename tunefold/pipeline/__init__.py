@@ -1,0 +1,1 @@
+"""The stage graph, how stages run and report, and the workspace lock."""
