@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tunefold.config import FractalConfig  # noqa: E402
-from tunefold.data.formats import convert_row, read_rows  # noqa: E402
+from tunefold.data.readers import read_rows  # noqa: E402
+from tunefold.data.shapes import convert_row  # noqa: E402
 from tunefold.fractal.auc import auc_roc  # noqa: E402
 from tunefold.fractal.split import split_sentences  # noqa: E402
 
@@ -60,8 +61,9 @@ def degenerate(sentence: str, rng: random.Random) -> str:
     return " ".join([*kept, stutter, stutter, stutter])
 
 
-def build(tasks: list[tuple[str, list[str]]], others: list[str], how: str, bad_share: float, n: int,
-          rng: random.Random) -> list[dict[str, Any]]:  # fmt: skip
+def build(
+    tasks: list[tuple[str, list[str]]], others: list[str], how: str, bad_share: float, n: int, rng: random.Random
+) -> list[dict[str, Any]]:
     """`n` responses to questions of `tasks`, each sentence good or bad by a coin with P(bad) = `bad_share`."""
     out = []
     for _ in range(n):
@@ -125,8 +127,11 @@ def run(seed: int, n: int, base: FractalConfig, embedder: Any) -> dict[tuple[str
                 seconds = time.perf_counter() - t0
                 auc = auc_roc(truth, scorer.predict(test).tolist())
                 results[(f"FRACTAL {agg.upper()}: {variant}", name)] = {"auc": auc, "seconds": seconds}
-        print(f"seed {seed} {name}: {len(train.sentences)} train / {len(truth)} test sentences "
-              f"({1 - sum(truth) / len(truth):.0%} bad)", file=sys.stderr)  # fmt: skip
+        print(
+            f"seed {seed} {name}: {len(train.sentences)} train / {len(truth)} test sentences "
+            f"({1 - sum(truth) / len(truth):.0%} bad)",
+            file=sys.stderr,
+        )
     return results
 
 
@@ -142,8 +147,10 @@ def main() -> None:
     base = FractalConfig(epochs=args.epochs)
     runs = [run(seed, args.responses, base, embedder) for seed in args.seeds]
     rows = list(dict.fromkeys(row for row, _ in runs[0]))
-    print(f"Sentence-level AUC-ROC on held-out tasks, mean over seeds {args.seeds} "
-          f"({args.responses} training responses per dataset, {args.epochs} epochs)\n")  # fmt: skip
+    print(
+        f"Sentence-level AUC-ROC on held-out tasks, mean over seeds {args.seeds} "
+        f"({args.responses} training responses per dataset, {args.epochs} epochs)\n"
+    )
     print("| scorer | " + " | ".join(f"{d} truth" for d in DATASETS) + " |")
     print("|---|" + "---|" * len(DATASETS))
     for row in rows:

@@ -1,24 +1,30 @@
 """Stage `ingest`: read every source in params.yaml into the one record schema, drop duplicates, keep counts.
 
-Outputs (in --out): records.jsonl (one `tunefold.data.records.Record` a line), rejected.jsonl (rows that could not be
-read or converted: location, reason, raw text), duplicates.jsonl (each dropped duplicate and the id it repeats).
-Counts reconcile: rows_read = rows_rejected + rows_converted; records_candidate = records_kept + duplicates.
+Outputs (in --out): records.jsonl (one `tunefold.data.records.Record` a line), rejected.jsonl (rows that could not
+be read or converted: `file:line`, reason, raw text), duplicates.jsonl (each dropped duplicate and the id it
+repeats). Counts reconcile per source: rows_read = rows_rejected + rows_converted; records_candidate =
+records_kept + duplicates. A source whose rows are all rejected, or more than `ingest.max_reject_fraction` of
+them, stops the stage; nothing is then written to --out, and the rejected rows go to `<out>.failed/`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import re
+import shutil
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunefold.config import IngestConfig
-from tunefold.data.formats import RowError, convert_row, detect_format, read_rows
+from tunefold.config import IngestConfig, SourceConfig
+from tunefold.data.readers import RawRow, detect_format, read_rows
 from tunefold.data.records import Record, make_record, normalized_key
+from tunefold.data.shapes import RowError, convert_row, source_id
 from tunefold.errors import InputError
-from tunefold.io import write_jsonl
+from tunefold.io import atomic_dir, write_json, write_jsonl
+from tunefold.pipeline.dag import declared_deps, untracked
 from tunefold.pipeline.stage import StageContext, log, stage_main
 
 RECORDS, REJECTED, DUPLICATES = "records.jsonl", "rejected.jsonl", "duplicates.jsonl"
@@ -30,6 +36,47 @@ COUNTS = (
     "duplicates_normalized",
     "records_kept",
 )
+_LOGGED_PER_SOURCE = 5  # rejected rows logged one by one; the rest are summed up by reason
+
+
+@dataclass
+class SourceTally:
+    """What one entry of `ingest.sources` gave: counts, and its rejections grouped by reason with examples."""
+
+    label: str
+    path: Path
+    counts: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(COUNTS, 0)))
+    reasons: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def reject(self, location: str, reason: str) -> None:
+        self.counts["rows_rejected"] += 1
+        if self.counts["rows_rejected"] <= _LOGGED_PER_SOURCE:
+            log.warning("%s: %s", location, reason)
+        kind = re.sub(r"\d+", "N", reason)[:160]
+        self.reasons[kind] += 1
+        if len(self.examples.setdefault(kind, [])) < 3:
+            self.examples[kind].append(location.rsplit(":", 1)[-1])
+
+    def top_reasons(self, n: int = 3) -> str:
+        return "; ".join(
+            f"{count} x {kind} (e.g. line {', '.join(self.examples[kind])})"
+            for kind, count in self.reasons.most_common(n)
+        )
+
+    def problem(self, max_fraction: float) -> str | None:
+        """Why this source stops the stage, or None."""
+        read, bad = self.counts["rows_read"], self.counts["rows_rejected"]
+        if read == 0:
+            return f"source {self.label} ({self.path}) is empty (no rows)"
+        if bad == read:
+            return f"source {self.label} ({self.path}): all {read} rows rejected: {self.top_reasons()}"
+        if bad / read > max_fraction:
+            return (
+                f"source {self.label} ({self.path}): {bad} of {read} rows ({bad / read:.1%}) rejected, above "
+                f"ingest.max_reject_fraction={max_fraction}: {self.top_reasons()}"
+            )
+        return None
 
 
 def ingest(cfg: IngestConfig, out_dir: Path, root: Path = Path()) -> dict[str, Any]:
@@ -39,59 +86,92 @@ def ingest(cfg: IngestConfig, out_dir: Path, root: Path = Path()) -> dict[str, A
     duplicates: list[dict[str, Any]] = []
     seen_exact: dict[str, str] = {}
     seen_norm: dict[str, str] = {}
-    per_source: dict[str, Counter[str]] = {}
+    tallies: list[SourceTally] = []
     shapes: Counter[str] = Counter()
 
     for source in cfg.sources:
         path = root / source.path
         fmt = detect_format(path, source.format)
-        counts = per_source.setdefault(source.name or source.path, Counter(dict.fromkeys(COUNTS, 0)))
-        for raw in read_rows(path, fmt, source.split):
-            counts["rows_read"] += 1
-            if raw.row is None:
-                rejected.append({"source": raw.location, "reason": raw.error, "raw": raw.raw})
-                log.warning("%s: %s", raw.location, raw.error)
-                counts["rows_rejected"] += 1
+        tally = SourceTally(source.name or source.path, path)
+        tallies.append(tally)
+        rows = read_rows(path, fmt, source.split, cfg.max_row_bytes, tuple(source.json_columns))
+        for raw in rows:
+            tally.counts["rows_read"] += 1
+            converted = _convert(raw, source)
+            if isinstance(converted, str):
+                tally.reject(raw.location, converted)
+                rejected.append({"source": raw.location, "reason": converted, "raw": raw.raw})
                 continue
-            try:
-                shape, conversations = convert_row(raw.row)
-            except RowError as e:
-                rejected.append({"source": raw.location, "reason": str(e), "raw": _dump(raw.row)})
-                log.warning("%s: %s", raw.location, e)
-                counts["rows_rejected"] += 1
-                continue
-            shapes[shape] += 1
-            for i, (messages, alt) in enumerate(conversations):
-                loc = raw.location if len(conversations) == 1 else f"{raw.location}#{i}"
-                meta = {"shape": shape, "source_name": source.name} if source.name else {"shape": shape}
-                rec = make_record(messages, loc, rejected=alt, metadata=meta)
-                counts["records_candidate"] += 1
+            shapes[converted[0].metadata["shape"]] += 1
+            for rec in converted:
+                tally.counts["records_candidate"] += 1
                 dup = _duplicate_of(rec, cfg.dedupe, seen_exact, seen_norm)
                 if dup:
-                    duplicates.append({"id": rec.id, "source": loc, "duplicate_of": dup[1], "kind": dup[0]})
-                    counts[f"duplicates_{dup[0]}"] += 1
+                    duplicates.append({"id": rec.id, "source": rec.source, "duplicate_of": dup[1], "kind": dup[0]})
+                    tally.counts[f"duplicates_{dup[0]}"] += 1
                 else:
                     kept.append(rec)
-                    counts["records_kept"] += 1
-        if counts["rows_read"] == 0:
-            raise InputError(f"{path}: source is empty (no rows)")
+                    tally.counts["records_kept"] += 1
+        if tally.counts["rows_rejected"] > _LOGGED_PER_SOURCE:
+            log.warning(
+                "%s: %d rows rejected in all: %s", tally.label, tally.counts["rows_rejected"], tally.top_reasons()
+            )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out_dir / RECORDS, kept)
-    write_jsonl(out_dir / REJECTED, rejected)
-    write_jsonl(out_dir / DUPLICATES, duplicates)
-    metrics: dict[str, Any] = {k: sum(c[k] for c in per_source.values()) for k in COUNTS}
-    metrics |= {
-        "shapes": dict(sorted(shapes.items())),
-        "sources": {name: dict(c) for name, c in per_source.items()},
-    }
+    metrics = _metrics(tallies, shapes)
     log.info(
         "ingested %d records from %d rows (%d rejected, %d exact + %d normalised duplicates)",
-        len(kept), metrics["rows_read"], metrics["rows_rejected"],
-        metrics["duplicates_exact"], metrics["duplicates_normalized"],
-    )  # fmt: skip
-    if not kept:
-        raise InputError(f"no valid records in any source; see {out_dir / REJECTED}")
+        len(kept),
+        metrics["rows_read"],
+        metrics["rows_rejected"],
+        metrics["duplicates_exact"],
+        metrics["duplicates_normalized"],
+    )
+    failed_dir = out_dir.with_name(out_dir.name + ".failed")
+    problems = [p for t in tallies if (p := t.problem(cfg.max_reject_fraction))]
+    if problems or not kept:
+        with atomic_dir(failed_dir) as tmp:
+            write_jsonl(tmp / REJECTED, rejected)
+            write_json(tmp / "metrics.json", metrics)
+        problems = problems or ["no valid records in any source"]
+        raise InputError(
+            "; ".join(problems) + f". Every rejected row with its reason: {failed_dir / REJECTED} "
+            f"(nothing was written to {out_dir})"
+        )
+    with atomic_dir(out_dir) as tmp:
+        write_jsonl(tmp / RECORDS, kept)
+        write_jsonl(tmp / REJECTED, rejected)
+        write_jsonl(tmp / DUPLICATES, duplicates)
+    shutil.rmtree(failed_dir, ignore_errors=True)
+    return metrics
+
+
+def _convert(raw: RawRow, source: SourceConfig) -> list[Record] | str:
+    """The row's records, or the reason it has none."""
+    if raw.row is None:
+        return raw.error or "unreadable row"
+    try:
+        shape, conversations = convert_row(raw.row)
+    except RowError as e:
+        return str(e)
+    meta: dict[str, Any] = {"shape": shape}
+    if source.name:
+        meta["source_name"] = source.name
+    if (own_id := source_id(raw.row)) is not None:
+        meta["source_id"] = own_id
+    return [
+        make_record(messages, raw.location if len(conversations) == 1 else f"{raw.location}#{i}", alt, dict(meta))
+        for i, (messages, alt) in enumerate(conversations)
+    ]
+
+
+def _metrics(tallies: list[SourceTally], shapes: Counter[str]) -> dict[str, Any]:
+    by_label: dict[str, Counter[str]] = {}
+    for t in tallies:
+        by_label.setdefault(t.label, Counter(dict.fromkeys(COUNTS, 0))).update(t.counts)
+    metrics: dict[str, Any] = {k: sum(t.counts[k] for t in tallies) for k in COUNTS}
+    metrics["shapes"] = dict(sorted(shapes.items()))
+    metrics["sources"] = {label: dict(c) for label, c in by_label.items()}
+    metrics["reject_reasons"] = {t.label: dict(t.reasons.most_common(10)) for t in tallies if t.reasons}
     return metrics
 
 
@@ -111,8 +191,13 @@ def _duplicate_of(
     return None
 
 
-def _dump(row: dict[str, Any]) -> str:
-    return json.dumps(row, ensure_ascii=False, default=str)
+def warn_untracked_sources(cfg: IngestConfig, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
+    """Sources that are not deps of `ingest` in dvc.yaml: DVC would not notice when they change."""
+    deps = declared_deps(dvc_yaml, "ingest")
+    missing = [] if deps is None else untracked([s.path for s in cfg.sources], deps)
+    for path in missing:
+        log.warning("source %s is not a dep of stage ingest in dvc.yaml: DVC will not see it change", path)
+    return missing
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -120,6 +205,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
+    warn_untracked_sources(ctx.params.ingest)
     return ingest(ctx.params.ingest, args.out)
 
 

@@ -31,8 +31,9 @@ from tunefold.curriculum.prompts import (
 )
 from tunefold.curriculum.synthesis import Metadata, contrastive_decision, metadata_pool
 from tunefold.curriculum.taxonomy import instruction_text, tag_instructions, with_tag
-from tunefold.data.formats import convert_row, detect_format, read_rows
+from tunefold.data.readers import detect_format, read_rows
 from tunefold.data.records import Message, Record, make_record, read_records
+from tunefold.data.shapes import convert_row
 from tunefold.errors import InputError
 from tunefold.eval.judge import score_both_orders
 from tunefold.io import write_json, write_jsonl, write_text
@@ -110,18 +111,34 @@ class Evolver:
                 log_rows.append(row | {"decision": "dropped", "reason": f"judge unparseable: {failures}"})
                 return None, log_rows, "dropped: judge replies unparseable in both orders"
             d = contrastive_decision(scores[0], scores[1], s.theta)
-            row |= {"teacher_score": scores[0], "student_score": scores[1], "gap": d.gap,
-                    "judge_failures": len(failures), "reason": d.reason}  # fmt: skip
+            row |= {
+                "teacher_score": scores[0],
+                "student_score": scores[1],
+                "gap": d.gap,
+                "judge_failures": len(failures),
+                "reason": d.reason,
+            }
             if d.keep:
                 log_rows.append(row | {"decision": "kept"})
                 target, other = (teacher, student) if d.response == "teacher" else (student, teacher)
                 messages = [Message(role="user", content=instruction), Message(role="assistant", content=target)]
-                record = make_record(messages, f"synthesize:{index}", metadata={
-                    "task_type": meta.task_type, "use_case": meta.use_case, "skills": list(meta.skills),
-                    "origin": "codeclm", "source_name": "synthesize", "iteration": iteration,
-                    "teacher_score": scores[0], "student_score": scores[1], "gap": d.gap,
-                    "kept_response": d.response, "student_response": student if d.response == "teacher" else other,
-                })  # fmt: skip
+                record = make_record(
+                    messages,
+                    f"synthesize:{index}",
+                    metadata={
+                        "task_type": meta.task_type,
+                        "use_case": meta.use_case,
+                        "skills": list(meta.skills),
+                        "origin": "codeclm",
+                        "source_name": "synthesize",
+                        "iteration": iteration,
+                        "teacher_score": scores[0],
+                        "student_score": scores[1],
+                        "gap": d.gap,
+                        "kept_response": d.response,
+                        "student_response": student if d.response == "teacher" else other,
+                    },
+                )
                 return record, log_rows, f"kept at iteration {iteration}"
             if iteration == s.max_iterations:
                 log_rows.append(row | {"decision": "dropped"})
@@ -130,8 +147,9 @@ class Evolver:
                 log_rows.append(row | {"decision": "dropped"})
                 return None, log_rows, "dropped: gap <= theta and no rubrics to make it harder"
             action = rng.choice(rubrics).action
-            harder = self._json(IMPROVE_INSTRUCTION, f"Instruction:\n{instruction}\n\nAction: {action}",
-                                InstructionReply)  # fmt: skip
+            harder = self._json(
+                IMPROVE_INSTRUCTION, f"Instruction:\n{instruction}\n\nAction: {action}", InstructionReply
+            )
             log_rows.append(row | {"decision": "harden"})
             if harder is None:
                 return None, log_rows, "dropped: the teacher's rewrite was unusable"
@@ -152,14 +170,19 @@ def synthesize(ctx: StageContext) -> tuple[list[Record], list[dict[str, Any]], d
     outcomes = Counter(o if not o.startswith("kept") else "kept" for _, _, o in results)
     iterations = Counter(int(r.metadata["iteration"]) for r in kept)
     metrics = {
-        "seeds": len(seeds), "seeds_unreadable": unreadable, "metadata": len(pool), "kept": len(kept),
-        "kept_fraction": round(len(kept) / len(pool), 3), "outcomes": dict(sorted(outcomes.items())),
+        "seeds": len(seeds),
+        "seeds_unreadable": unreadable,
+        "metadata": len(pool),
+        "kept": len(kept),
+        "kept_fraction": round(len(kept) / len(pool), 3),
+        "outcomes": dict(sorted(outcomes.items())),
         "kept_by_iteration": {str(k): iterations[k] for k in range(1, cfg.synthesize.max_iterations + 1)},
         "kept_from_first_iteration": round(iterations[1] / len(kept), 3) if kept else None,
-    }  # fmt: skip
+    }
     if not kept:
-        log.warning("contrastive filtering kept no instruction (theta %g); outcomes: %s", cfg.synthesize.theta,
-                    dict(outcomes))  # fmt: skip
+        log.warning(
+            "contrastive filtering kept no instruction (theta %g); outcomes: %s", cfg.synthesize.theta, dict(outcomes)
+        )
     return kept, log_rows, metrics
 
 
@@ -169,10 +192,15 @@ def run_synthesize(ctx: StageContext, out_dir: Path, plot: Path | None) -> dict[
     write_jsonl(out_dir / "log.jsonl", log_rows)
     by_iter = [[k, n] for k, n in metrics["kept_by_iteration"].items()]
     outcomes = [[k, n] for k, n in metrics["outcomes"].items()]
-    write_text(out_dir / "report.md", f"### Synthesis (CodecLM)\n\n{metrics['metadata']} metadata combinations from "
-               f"{metrics['seeds']} seeds; kept {metrics['kept']} ({metrics['kept_fraction']:.0%}).\n\n"
-               + md_table(["outcome", "instructions"], outcomes) + "\n\n"
-               + md_table(["kept at iteration", "instructions"], by_iter) + "\n")  # fmt: skip
+    write_text(
+        out_dir / "report.md",
+        f"### Synthesis (CodecLM)\n\n{metrics['metadata']} metadata combinations from "
+        f"{metrics['seeds']} seeds; kept {metrics['kept']} ({metrics['kept_fraction']:.0%}).\n\n"
+        + md_table(["outcome", "instructions"], outcomes)
+        + "\n\n"
+        + md_table(["kept at iteration", "instructions"], by_iter)
+        + "\n",
+    )
     if plot:
         write_json(plot, [{"iteration": int(k), "kept": n} for k, n in metrics["kept_by_iteration"].items()])
     return metrics

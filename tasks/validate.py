@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunefold.config import ValidateConfig
 from tunefold.errors import InputError
-from tunefold.io import write_json, write_jsonl, write_text
+from tunefold.io import atomic_dir, write_json, write_jsonl, write_text
 from tunefold.pipeline.stage import StageContext, log, stage_main
 from tunefold.train.models import load_tokenizer
 
@@ -49,22 +49,44 @@ def checks(cfg: ValidateConfig) -> list[Check]:
     return [
         Check("required_id", "ExpectColumnValuesToNotBeNull", {"column": "id"}, "every row has an id"),
         Check("required_source", "ExpectColumnValuesToNotBeNull", {"column": "source"}, "every row has a source"),
-        Check("required_messages", "ExpectColumnValuesToNotBeNull", {"column": "roles"},
-              "every row has a list of {role, content} messages"),
+        Check(
+            "required_messages",
+            "ExpectColumnValuesToNotBeNull",
+            {"column": "roles"},
+            "every row has a list of {role, content} messages",
+        ),
         Check("unique_id", "ExpectColumnValuesToBeUnique", {"column": "id"}, "ids are unique"),
-        Check("role_order", "ExpectColumnValuesToMatchRegex", {"column": "roles", "regex": ROLE_ORDER},
-              "system only first, then user/assistant alternating, ending with the assistant"),
-        Check("non_empty_turns", "ExpectColumnValuesToBeBetween", {"column": "min_turn_chars", "min_value": 1},
-              "no turn is empty or whitespace"),
-        Check("token_length", "ExpectColumnValuesToBeBetween",
-              {"column": "n_tokens", "min_value": cfg.min_tokens, "max_value": cfg.max_tokens},
-              f"{cfg.min_tokens}..{cfg.max_tokens} tokens with the base model's chat template"),
-        Check("script", "ExpectColumnValuesToBeBetween",
-              {"column": "script_fraction", "min_value": cfg.min_script_fraction},
-              f"at least {cfg.min_script_fraction:.0%} of letters in {', '.join(cfg.allowed_scripts)}"),
-        Check("forbidden_chars", "ExpectColumnValuesToNotMatchRegex",
-              {"column": "text", "regex": cfg.forbidden_pattern}, "no control or replacement characters"),
-    ]  # fmt: skip
+        Check(
+            "role_order",
+            "ExpectColumnValuesToMatchRegex",
+            {"column": "roles", "regex": ROLE_ORDER},
+            "system only first, then user/assistant alternating, ending with the assistant",
+        ),
+        Check(
+            "non_empty_turns",
+            "ExpectColumnValuesToBeBetween",
+            {"column": "min_turn_chars", "min_value": 1},
+            "no turn is empty or whitespace",
+        ),
+        Check(
+            "token_length",
+            "ExpectColumnValuesToBeBetween",
+            {"column": "n_tokens", "min_value": cfg.min_tokens, "max_value": cfg.max_tokens},
+            f"{cfg.min_tokens}..{cfg.max_tokens} tokens with the base model's chat template",
+        ),
+        Check(
+            "script",
+            "ExpectColumnValuesToBeBetween",
+            {"column": "script_fraction", "min_value": cfg.min_script_fraction},
+            f"at least {cfg.min_script_fraction:.0%} of letters in {', '.join(cfg.allowed_scripts)}",
+        ),
+        Check(
+            "forbidden_chars",
+            "ExpectColumnValuesToNotMatchRegex",
+            {"column": "text", "regex": cfg.forbidden_pattern},
+            "no control or replacement characters",
+        ),
+    ]
 
 
 _ASCII_LETTERS = re.compile(r"[A-Za-z]")
@@ -109,14 +131,16 @@ def describe(rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, cfg
         if good and isinstance(row.get("rejected"), str):
             contents.append(row["rejected"])
         text = "\n".join(contents)
-        frame.append({
-            "id": row.get("id"),
-            "source": row.get("source"),
-            "roles": ",".join(m["role"] for m in msgs) if good else None,
-            "min_turn_chars": min(len(c.strip()) for c in contents) if good else None,
-            "script_fraction": _script_fraction(text, allowed),
-            "text": text,
-        })  # fmt: skip
+        frame.append(
+            {
+                "id": row.get("id"),
+                "source": row.get("source"),
+                "roles": ",".join(m["role"] for m in msgs) if good else None,
+                "min_turn_chars": min(len(c.strip()) for c in contents) if good else None,
+                "script_fraction": _script_fraction(text, allowed),
+                "text": text,
+            }
+        )
         rendered.append(_render(msgs, row.get("rejected"), tokenizer) if good else "")
     lengths = [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
     df = pd.DataFrame(frame)
@@ -151,9 +175,8 @@ def run_suite(df: pd.DataFrame, suite_checks: list[Check]) -> dict[str, list[int
     suite = ctx.suites.add(suite)
     validation = ctx.validation_definitions.add(gx.ValidationDefinition(name="records", data=definition, suite=suite))
     checkpoint = ctx.checkpoints.add(
-        gx.Checkpoint(name="validate", validation_definitions=[validation],
-                      result_format={"result_format": "COMPLETE"})
-    )  # fmt: skip
+        gx.Checkpoint(name="validate", validation_definitions=[validation], result_format={"result_format": "COMPLETE"})
+    )
     outcome = checkpoint.run(batch_parameters={"dataframe": df})
     failing: dict[str, list[int]] = {c.name: [] for c in suite_checks}
     for run_result in outcome.run_results.values():
@@ -184,13 +207,17 @@ def validate(
             reasons.setdefault(i, []).append(name)
     clean = [row for i, row in enumerate(rows) if i not in reasons]
     quarantine = [
-        {"row": i, "failed": reasons[i], "record": rows[i],
-         "derived": {k: _plain(df.at[i, k]) for k in ("roles", "min_turn_chars", "n_tokens", "script_fraction")}}
+        {
+            "row": i,
+            "failed": reasons[i],
+            "record": rows[i],
+            "derived": {k: _plain(df.at[i, k]) for k in ("roles", "min_turn_chars", "n_tokens", "script_fraction")},
+        }
         for i in sorted(reasons)
-    ]  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out_dir / CLEAN, clean)
-    write_jsonl(out_dir / QUARANTINE, quarantine)
+    ]
+    with atomic_dir(out_dir) as tmp:  # clean and quarantine are replaced together or not at all
+        write_jsonl(tmp / CLEAN, clean)
+        write_jsonl(tmp / QUARANTINE, quarantine)
 
     fraction = len(quarantine) / len(rows)
     by_check = Counter(name for r in quarantine for name in r["failed"])
@@ -201,20 +228,34 @@ def validate(
         "reject_fraction": round(fraction, 6),
         "max_reject_fraction": cfg.max_reject_fraction,
         "checks": [
-            {"name": c.name, "expectation": c.expectation, "kwargs": c.kwargs, "why": c.why,
-             "success": not failing[c.name], "failed_rows": failing[c.name]}
+            {
+                "name": c.name,
+                "expectation": c.expectation,
+                "kwargs": c.kwargs,
+                "why": c.why,
+                "success": not failing[c.name],
+                "failed_rows": failing[c.name],
+            }
             for c in suite_checks
         ],
-        "tokens": {"min": _plain(df["n_tokens"].min()), "max": _plain(df["n_tokens"].max()),
-                   "mean": round(float(df["n_tokens"].mean()), 1)},
-    }  # fmt: skip
+        "tokens": {
+            "min": _plain(df["n_tokens"].min()),
+            "max": _plain(df["n_tokens"].max()),
+            "mean": round(float(df["n_tokens"].mean()), 1),
+        },
+    }
     write_json(report_dir / REPORT_JSON, report)
     write_text(report_dir / REPORT_MD, render_markdown(report, quarantine, out_dir / QUARANTINE))
-    log.info("validated %d rows: %d clean, %d quarantined (%s)", len(rows), len(clean), len(quarantine),
-             ", ".join(f"{k} {v}" for k, v in by_check.most_common()) or "no failures")  # fmt: skip
+    log.info(
+        "validated %d rows: %d clean, %d quarantined (%s)",
+        len(rows),
+        len(clean),
+        len(quarantine),
+        ", ".join(f"{k} {v}" for k, v in by_check.most_common()) or "no failures",
+    )
     if fraction > cfg.max_reject_fraction:
         detail = "; ".join(
-            f"{name}: {n} rows (e.g. rows {', '.join(map(str, failing[name][:5]))})"
+            f"{name}: {n} rows (e.g. {', '.join(str(rows[i].get('source', f'row {i}')) for i in failing[name][:5])})"
             for name, n in by_check.most_common()
         )
         raise InputError(
@@ -269,8 +310,13 @@ def render_markdown(report: dict[str, Any], quarantine: list[dict[str, Any]], qu
         rows = ", ".join(map(str, c["failed_rows"][:20])) + (" …" if len(c["failed_rows"]) > 20 else "")
         lines.append(f"| {c['name']} | {c['why']} | {'pass' if c['success'] else 'FAIL'} | {rows} |")
     if quarantine:
-        lines += ["", f"## Quarantined rows ({quarantine_path})", "", "| row | source | failed | start of text |",
-                  "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"## Quarantined rows ({quarantine_path})",
+            "",
+            "| row | source | failed | start of text |",
+            "|---|---|---|---|",
+        ]
         for q in quarantine[:200]:
             rec = q["record"]
             msgs = rec.get("messages") if isinstance(rec.get("messages"), list) else []

@@ -15,8 +15,13 @@ from tunefold.io import read_jsonl
 
 ALPACA = {"instruction": "Add 2 and 3.", "input": "", "output": "5"}
 SHAREGPT = {"conversations": [{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello!"}]}
-OPENAI = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
-                       {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]}]}  # fmt: skip
+OPENAI = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]},
+    ]
+}
 PREFERENCE = {"prompt": "Say hi", "chosen": "Hi!", "rejected": "Go away."}
 SEED = {
     "instruction": "Name a colour.",
@@ -24,8 +29,10 @@ SEED = {
 }
 
 
-def cfg(*paths: Path, dedupe: str = "normalized", **kw) -> IngestConfig:
-    return IngestConfig(sources=[SourceConfig(path=str(p), **kw) for p in paths], dedupe=dedupe)
+def cfg(*paths: Path, dedupe: str = "normalized", max_reject_fraction: float = 0.2, **kw) -> IngestConfig:
+    return IngestConfig(
+        sources=[SourceConfig(path=str(p), **kw) for p in paths], dedupe=dedupe, max_reject_fraction=max_reject_fraction
+    )
 
 
 def write_lines(path: Path, lines: list[str | bytes]) -> Path:
@@ -65,7 +72,9 @@ def test_formats_json_csv_parquet_hf(tmp_path: Path) -> None:
     pd.DataFrame(
         [{"messages": json.dumps([*OPENAI["messages"][1:2], {"role": "assistant", "content": "Rome"}])}]
     ).to_csv(csv_msgs, index=False)
-    m = ingest(cfg(*(tmp_path / n for n in ("a.json", "b.csv", "c.parquet", "d", "e.csv"))), tmp_path / "out")
+    sources = [SourceConfig(path=str(tmp_path / n)) for n in ("a.json", "b.csv", "c.parquet", "d")]
+    sources.append(SourceConfig(path=str(csv_msgs), json_columns=["messages"]))
+    m = ingest(IngestConfig(sources=sources), tmp_path / "out")
     got = sorted(r.messages[0].content for r in records(tmp_path / "out"))
     assert got == ["Capital of France?", "Question 0?", "Question 1?", "Question 2?", "Question 3?"]
     assert m["rows_read"] == 5 and m["rows_rejected"] == 0
@@ -97,7 +106,7 @@ def test_bad_rows_are_quarantined_and_valid_rows_kept(tmp_path: Path) -> None:
         json.dumps(SHAREGPT),
     ]
     src = write_lines(tmp_path / "bad.jsonl", lines)
-    m = ingest(cfg(src), tmp_path / "out")
+    m = ingest(cfg(src, max_reject_fraction=1.0), tmp_path / "out")
     rejected = read_jsonl(tmp_path / "out" / REJECTED)
     reasons = {r["source"].rsplit(":", 1)[1]: r["reason"] for r in rejected}
     assert set(reasons) == {"2", "3", "4", "5", "6", "7", "8"}
@@ -119,9 +128,13 @@ def test_bad_rows_are_quarantined_and_valid_rows_kept(tmp_path: Path) -> None:
     ("name", "content", "message"),
     [
         ("missing.jsonl", None, "does not exist"),
-        ("empty.jsonl", "", "source is empty"),
+        ("empty.jsonl", "", "is empty"),
         ("data.txt", "hello", "unsupported format '.txt'"),
-        ("broken.json", '[{"instruction": "x",\n "output": }]', "broken.json:2: malformed JSON"),
+        (
+            "broken.json",
+            '[{"instruction": "x", "output": "y"}\n {"instruction": "z"}]',
+            "broken.json:2: malformed JSON",
+        ),
     ],
 )
 def test_source_level_errors_name_the_file(tmp_path: Path, name: str, content: str | None, message: str) -> None:
@@ -135,9 +148,10 @@ def test_source_level_errors_name_the_file(tmp_path: Path, name: str, content: s
 
 def test_all_rows_bad_fails_but_writes_quarantine(tmp_path: Path) -> None:
     src = write_lines(tmp_path / "x.jsonl", ["{oops", json.dumps({"text": 1})])
-    with pytest.raises(InputError, match="no valid records"):
+    with pytest.raises(InputError, match="all 2 rows rejected"):
         ingest(cfg(src), tmp_path / "out")
-    assert len(read_jsonl(tmp_path / "out" / REJECTED)) == 2
+    assert not (tmp_path / "out").exists()
+    assert len(read_jsonl(tmp_path / "out.failed" / REJECTED)) == 2
 
 
 def test_ids_are_stable_across_sources_and_runs(tmp_path: Path) -> None:

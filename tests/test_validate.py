@@ -14,21 +14,28 @@ from tunefold.errors import InputError
 from tunefold.io import read_jsonl, write_jsonl
 
 
-def rec(*turns: tuple[str, str], **kw) -> dict:
-    return make_record([Message(role=r, content=c) for r, c in turns], "t:1", **kw).model_dump(exclude_none=True)
+def rec(*turns: tuple[str, str], source: str = "t:1", **kw) -> dict:
+    return make_record([Message(role=r, content=c) for r, c in turns], source, **kw).model_dump(exclude_none=True)
 
 
 GOOD = [rec(("user", f"What is {i} plus {i}?"), ("assistant", f"{i} plus {i} is {2 * i}.")) for i in range(6)]
 BAD = {
-    "role_order": rec(("assistant", "I speak first, which is wrong."), ("user", "Indeed it is wrong here.")),
+    "role_order": rec(
+        ("assistant", "I speak first, which is wrong."), ("user", "Indeed it is wrong here."), source="bad.jsonl:7"
+    ),
     "system_not_first": rec(("user", "Hello there, how are you?"), ("system", "late system"), ("assistant", "Fine.")),
     "non_empty_turns": rec(("user", "   "), ("assistant", "An answer to nothing at all.")),
     "token_length": rec(("user", "Hi"), ("assistant", "Yo")),
     "script": rec(("user", "Что такое фотосинтез и зачем он нужен?"), ("assistant", "Это процесс в растениях.")),
     "forbidden_chars": rec(("user", "Explain this \x07 bell character please."), ("assistant", "It rings a bell.")),
 }
-MISSING_ID = {"source": "t:9", "messages": [{"role": "user", "content": "No id on this row, sadly."},
-                                            {"role": "assistant", "content": "Then it is quarantined."}]}  # fmt: skip
+MISSING_ID = {
+    "source": "t:9",
+    "messages": [
+        {"role": "user", "content": "No id on this row, sadly."},
+        {"role": "assistant", "content": "Then it is quarantined."},
+    ],
+}
 
 
 def run(tmp_path: Path, rows: list[dict], base_model: Path, **cfg) -> dict:
@@ -68,7 +75,7 @@ def test_reject_limit_fails_with_counts_and_quarantine_path(tmp_path: Path, base
         run(tmp_path, rows, base_model, max_reject_fraction=0.5)
     msg = str(err.value)
     assert "3 of 5 rows (60.0%)" in msg and "validate.max_reject_fraction=0.5" in msg
-    assert "role_order: 1 rows (e.g. rows 3)" in msg and "script: 1 rows" in msg
+    assert "role_order: 1 rows (e.g. bad.jsonl:7)" in msg and "script: 1 rows" in msg
     assert str(tmp_path / "out" / QUARANTINE) in msg
     assert len(read_jsonl(tmp_path / "out" / QUARANTINE)) == 3  # written before failing
 

@@ -38,11 +38,19 @@ class SourceConfig(Section):
     format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf_dataset"] = "auto"
     split: str | None = Field(None, description="split to read from a saved DatasetDict")
     name: str | None = Field(None, description="label recorded in each row's `source` (default: the path)")
+    json_columns: list[str] = Field(
+        default_factory=list,
+        description="CSV columns that hold JSON (e.g. a `messages` list); every other cell is text",
+    )
 
 
 class IngestConfig(Section):
     sources: list[SourceConfig] = Field(min_length=1)
     dedupe: Literal["none", "exact", "normalized"] = "normalized"
+    max_reject_fraction: float = Field(
+        0.2, ge=0.0, le=1.0, description="per source: the stage fails if more of its rows than this are rejected"
+    )
+    max_row_bytes: int = Field(16 << 20, ge=1024, description="a longer row is rejected unread")
 
 
 class ValidateConfig(Section):
@@ -240,17 +248,40 @@ class EvalConfig(Section):
 
 
 TASK_TYPES = (
-    "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities", "brainstorming",
-    "classification", "summarization", "rewriting", "open_qa", "other",
-)  # fmt: skip
+    "writing",
+    "roleplay",
+    "reasoning",
+    "math",
+    "coding",
+    "extraction",
+    "stem",
+    "humanities",
+    "brainstorming",
+    "classification",
+    "summarization",
+    "rewriting",
+    "open_qa",
+    "other",
+)
 
 
 # TAPIR raises the share of reasoning, math and coding above their natural frequency in instruction data.
 DEFAULT_TARGET = {
-    "reasoning": 0.15, "math": 0.15, "coding": 0.15, "writing": 0.1, "extraction": 0.05, "stem": 0.05,
-    "humanities": 0.05, "roleplay": 0.05, "brainstorming": 0.05, "classification": 0.04, "summarization": 0.04,
-    "rewriting": 0.04, "open_qa": 0.04, "other": 0.04,
-}  # fmt: skip
+    "reasoning": 0.15,
+    "math": 0.15,
+    "coding": 0.15,
+    "writing": 0.1,
+    "extraction": 0.05,
+    "stem": 0.05,
+    "humanities": 0.05,
+    "roleplay": 0.05,
+    "brainstorming": 0.05,
+    "classification": 0.04,
+    "summarization": 0.04,
+    "rewriting": 0.04,
+    "open_qa": 0.04,
+    "other": 0.04,
+}
 
 
 class SynthesizeSettings(Section):

@@ -5,6 +5,7 @@ The Prefect flow walks `StageGraph.order()`; a test compares its edges with `dvc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -96,5 +97,22 @@ class StageGraph:
 
     def untracked_sources(self, stage: str, paths: list[str]) -> list[str]:
         """Paths a stage reads (e.g. ingest sources) that are not among its DVC deps: changes would go unnoticed."""
-        deps = self.stages[stage].deps
-        return [p for p in paths if not any(_overlaps(p, d) for d in deps)]
+        return untracked(paths, self.stages[stage].deps)
+
+
+def untracked(paths: list[str], deps: Iterable[str]) -> list[str]:
+    deps = list(deps)
+    return [p for p in paths if not any(_overlaps(p, d) for d in deps)]
+
+
+def declared_deps(dvc_yaml: Path, stage: str) -> list[str] | None:
+    """A plain stage's deps as dvc.yaml writes them, read without DVC (cheap, and safe inside `dvc repro`);
+    None when the file or stage is not there."""
+    import yaml
+
+    if not dvc_yaml.exists():
+        return None
+    spec = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage)
+    if not isinstance(spec, dict):
+        return None
+    return [d for d in spec.get("deps", []) if isinstance(d, str)]
