@@ -21,6 +21,7 @@ from tunefold.data.records import Record, read_records
 from tunefold.errors import InputError
 from tunefold.io import write_json
 from tunefold.pipeline.stage import StageContext, log, stage_main
+from tunefold.train.device import plan_device
 from tunefold.train.models import STACK_FILE, load_tokenizer
 from tunefold.train.training import (
     ResumeGuard,
@@ -28,7 +29,6 @@ from tunefold.train.training import (
     fingerprint,
     load_base,
     lora_config,
-    plan_device,
     schedule_args,
     train_and_save,
     training_template,
@@ -69,19 +69,28 @@ def train_dpo(
     init = Path(cfg.init)
     if not (init / "adapter_config.json").exists():
         raise InputError(f"dpo.init: {init} is not a LoRA adapter directory; run the SFT stage first")
-    plan = plan_device(train)
+    plan = plan_device(train.device, train.qlora, train.attn_implementation)
     tokenizer = load_tokenizer(base_dir)
     tokenizer.chat_template = training_template(tokenizer, train.chat_template)[0]
     pairs, by_source = select_pairs(read_records(Path(cfg.data), purpose="train on"), cfg, train.seed)
-    dataset = Dataset.from_list([
-        {"prompt": [m.model_dump() for m in r.prompt],
-         "chosen": [{"role": "assistant", "content": r.response}],
-         "rejected": [{"role": "assistant", "content": r.rejected}]}
-        for r in pairs
-    ])  # fmt: skip
+    dataset = Dataset.from_list(
+        [
+            {
+                "prompt": [m.model_dump() for m in r.prompt],
+                "chosen": [{"role": "assistant", "content": r.response}],
+                "rejected": [{"role": "assistant", "content": r.rejected}],
+            }
+            for r in pairs
+        ]
+    )
 
-    fp = fingerprint(data=file_hash(Path(cfg.data)), init=file_hash(init / "adapter_model.safetensors"),
-                     dpo=cfg.model_dump(), lora=train.lora.model_dump(), seed=train.seed)  # fmt: skip
+    fp = fingerprint(
+        data=file_hash(Path(cfg.data)),
+        init=file_hash(init / "adapter_model.safetensors"),
+        dpo=cfg.model_dump(),
+        lora=train.lora.model_dump(),
+        seed=train.seed,
+    )
     guard = ResumeGuard(ckpt_dir, fp, force_restart)
     resume = guard.resume_point()
 
@@ -92,17 +101,28 @@ def train_dpo(
         max_length=cfg.max_length,
     )
     trainer = DPOTrainer(
-        model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
         peft_config=lora_config(train.lora, model),
-    )  # fmt: skip
-    done = train_and_save(trainer, tokenizer, guard, resume, out_dir, curve_path,
-                          lambda tmp: write_json(tmp / STACK_FILE, {"merged_adapters": [str(init)]}))  # fmt: skip
+    )
+    done = train_and_save(
+        trainer,
+        tokenizer,
+        guard,
+        resume,
+        out_dir,
+        curve_path,
+        lambda tmp: write_json(tmp / STACK_FILE, {"merged_adapters": [str(init)]}),
+    )
     if done is None:
         return {}
     curve = done.pop("curve")
     margins = [r["rewards/margins"] for r in curve if "rewards/margins" in r]
     metrics = {
-        "device": plan.device,
+        **plan.describe(),
         "pairs": len(pairs),
         "pairs_by_source": by_source,
         "data_fraction": cfg.data_fraction,
@@ -110,8 +130,13 @@ def train_dpo(
         "first_reward_margin": margins[0] if margins else None,
         "last_reward_margin": margins[-1] if margins else None,
     }
-    log.info("dpo: %d pairs, %d steps, reward margin %s -> %s", len(pairs), metrics["steps"],
-             metrics["first_reward_margin"], metrics["last_reward_margin"])  # fmt: skip
+    log.info(
+        "dpo: %d pairs, %d steps, reward margin %s -> %s",
+        len(pairs),
+        metrics["steps"],
+        metrics["first_reward_margin"],
+        metrics["last_reward_margin"],
+    )
     return metrics
 
 

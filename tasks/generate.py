@@ -40,9 +40,12 @@ Answerer = Callable[[list[list[dict[str, str]]], list[float]], list[tuple[str, i
 def _fingerprint(cfg: EvalConfig, who: CandidateSettings, questions_file: Path) -> str:
     adapter = Path(who.adapter) / "adapter_model.safetensors" if who.adapter else None
     return fingerprint(
-        who=who.model_dump(), weights=file_hash(adapter) if adapter and adapter.exists() else None,
-        questions=file_hash(questions_file), max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-    )  # fmt: skip
+        who=who.model_dump(),
+        weights=file_hash(adapter) if adapter and adapter.exists() else None,
+        questions=file_hash(questions_file),
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+    )
 
 
 def _append(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -93,9 +96,16 @@ def answer_items(
         _append(path, [row(it, r) for it, r in zip(chunk, replies, strict=True)])
         log.info("%s: %d/%d answered", label, i + len(chunk), len(todo))
     took = time.perf_counter() - start
-    return {"items": len(items), "generated": len(todo), "resumed": len(items) - len(todo), "new_tokens": tokens,
-            "turns": turns, "stopped": stopped, "tokens_per_second": round(tokens / took, 1) if todo else None,
-            "stopped_fraction": round(stopped / turns, 3) if turns else None}  # fmt: skip
+    return {
+        "items": len(items),
+        "generated": len(todo),
+        "resumed": len(items) - len(todo),
+        "new_tokens": tokens,
+        "turns": turns,
+        "stopped": stopped,
+        "tokens_per_second": round(tokens / took, 1) if todo else None,
+        "stopped_fraction": round(stopped / turns, 3) if turns else None,
+    }
 
 
 def _open_answers(path: Path, fp: str) -> None:
@@ -163,8 +173,9 @@ def _fold_parts(job: Job) -> int:
     return moved
 
 
-def answer_shard(shard: int, n: int, cfg: EvalConfig, who: CandidateSettings, base_dir: Path,
-                 jobs: list[Job]) -> list[dict[str, Any]]:  # fmt: skip
+def answer_shard(
+    shard: int, n: int, cfg: EvalConfig, who: CandidateSettings, base_dir: Path, jobs: list[Job]
+) -> list[dict[str, Any]]:
     """One Dask worker's share: load the model once, answer items shard, shard+n, ... of every job."""
     if not cfg.fanout.address:  # local workers share this machine's cores
         import torch
@@ -188,10 +199,12 @@ def _fanned_out(cfg: EvalConfig, who: CandidateSettings, base_dir: Path, jobs: l
     metrics: dict[str, Any] = {}
     start = time.perf_counter()
     if any(j.items for j in todo):
-        log.info("%s: answering %d items in %d shards on Dask workers", who.model_id,
-                 sum(len(j.items) for j in todo), n)  # fmt: skip
-        per_shard = fan_out(answer_shard, list(range(n)), cfg.fanout, n=n, cfg=cfg, who=who, base_dir=base_dir,
-                            jobs=todo)  # fmt: skip
+        log.info(
+            "%s: answering %d items in %d shards on Dask workers", who.model_id, sum(len(j.items) for j in todo), n
+        )
+        per_shard = fan_out(
+            answer_shard, list(range(n)), cfg.fanout, n=n, cfg=cfg, who=who, base_dir=base_dir, jobs=todo
+        )
     else:
         per_shard = []
     took = time.perf_counter() - start
@@ -201,19 +214,26 @@ def _fanned_out(cfg: EvalConfig, who: CandidateSettings, base_dir: Path, jobs: l
         tokens, turns = sum(s["new_tokens"] for s in shards), sum(s["turns"] for s in shards)
         stopped = sum(s["stopped"] for s in shards)
         generated = sum(s["generated"] for s in shards)
-        metrics[job.label] = {"items": len(job.items), "generated": generated,
-                              "resumed": len(job.items) - generated, "new_tokens": tokens, "turns": turns,
-                              "tokens_per_second": round(tokens / took, 1) if generated else None,
-                              "stopped": stopped, "stopped_fraction": round(stopped / turns, 3) if turns else None,
-                              "shards": n}  # fmt: skip
+        metrics[job.label] = {
+            "items": len(job.items),
+            "generated": generated,
+            "resumed": len(job.items) - generated,
+            "new_tokens": tokens,
+            "turns": turns,
+            "tokens_per_second": round(tokens / took, 1) if generated else None,
+            "stopped": stopped,
+            "stopped_fraction": round(stopped / turns, 3) if turns else None,
+            "shards": n,
+        }
     return metrics
 
 
 def _local_answerer(cfg: EvalConfig, who: CandidateSettings, base_dir: Path) -> Answerer:
     from tunefold.eval.generation import Generator, Prompt
+    from tunefold.train.device import plan_device
     from tunefold.train.models import load_tokenizer, load_trained
 
-    model = load_trained(base_dir, who.adapter)
+    model = load_trained(base_dir, who.adapter, plan_device(cfg.device))
     gen = Generator(model, load_tokenizer(base_dir), cfg.batch_size, cfg.max_new_tokens, cfg.seed)
 
     def answer(convs: list[list[dict[str, str]]], temps: list[float]) -> list[tuple[str, int, bool]]:
@@ -229,8 +249,9 @@ def _endpoint_answerer(ctx: StageContext, who: CandidateSettings) -> Answerer:
     cfg = ctx.params.eval
     gw = ctx.gateway
     role = f"candidate:{who.model_id}"
-    gw.add_role(role, EndpointConfig(base_url=who.base_url, model=who.model, max_tokens=cfg.max_new_tokens,
-                                     seed=cfg.seed))  # fmt: skip
+    gw.add_role(
+        role, EndpointConfig(base_url=who.base_url, model=who.model, max_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    )
 
     def answer(convs: list[list[dict[str, str]]], temps: list[float]) -> list[tuple[str, int, bool]]:
         reqs = [ChatRequest(messages=c, temperature=t) for c, t in zip(convs, temps, strict=True)]
@@ -251,18 +272,31 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
     metrics: dict[str, Any] = {}
     for who in (cfg.candidate, cfg.baseline):
         jobs = [
-            Job(f"mt_bench/{who.model_id}", mt_items, mt_dir / f"{who.model_id}.jsonl", _fingerprint(cfg, who, qfile),
-                lambda it, r, m=who.model_id: answer_row(it.key, m, r, time.time())),
-            Job(f"flask/{who.model_id}", flask_items, flask_dir / f"{who.model_id}.jsonl",
-                _fingerprint(cfg, who, ffile), lambda it, r, m=who.model_id: {"idx": it.key, "model_id": m,
-                                                                             "answer": r[0]}),
-        ]  # fmt: skip
+            Job(
+                f"mt_bench/{who.model_id}",
+                mt_items,
+                mt_dir / f"{who.model_id}.jsonl",
+                _fingerprint(cfg, who, qfile),
+                lambda it, r, m=who.model_id: answer_row(it.key, m, r, time.time()),
+            ),
+            Job(
+                f"flask/{who.model_id}",
+                flask_items,
+                flask_dir / f"{who.model_id}.jsonl",
+                _fingerprint(cfg, who, ffile),
+                lambda it, r, m=who.model_id: {"idx": it.key, "model_id": m, "answer": r[0]},
+            ),
+        ]
         if cfg.fanout.active and not who.base_url:
             metrics |= _fanned_out(cfg, who, base_dir, jobs)
             continue
         answer = _endpoint_answerer(ctx, who) if who.base_url else _local_answerer(cfg, who, base_dir)
         for job in jobs:
             metrics[job.label] = answer_items(answer, job.items, job.path, job.fp, job.row, cfg.batch_size, job.label)
+    if not (cfg.candidate.base_url and cfg.baseline.base_url):  # a local model answered: where and how
+        from tunefold.train.device import peak_memory_gb, plan_device
+
+        metrics["runtime"] = plan_device(cfg.device).describe() | {"peak_gpu_memory_gb": peak_memory_gb()}
     return metrics
 
 

@@ -18,6 +18,7 @@ from tunefold.data.records import read_records
 from tunefold.errors import InputError
 from tunefold.io import write_jsonl
 from tunefold.pipeline.stage import StageContext, log, stage_main
+from tunefold.train.device import plan_device
 from tunefold.train.models import load_tokenizer
 from tunefold.train.training import (
     ResumeGuard,
@@ -26,7 +27,6 @@ from tunefold.train.training import (
     fit_lengths,
     load_base,
     lora_config,
-    plan_device,
     schedule_args,
     sha256_text,
     train_and_save,
@@ -57,7 +57,7 @@ def train_sft(
     init = Path(rnd.init)
     if not is_adapter(init) and init.resolve() != base_dir.resolve():
         raise InputError(f"train.rounds.{round_name}.init: {init} is neither {base_dir} nor a LoRA adapter directory")
-    plan = plan_device(cfg)
+    plan = plan_device(cfg.device, cfg.qlora, cfg.attn_implementation)
     tokenizer = load_tokenizer(base_dir)
     template, template_source = training_template(tokenizer, cfg.chat_template)
     tokenizer.chat_template = template
@@ -65,8 +65,10 @@ def train_sft(
     records = read_records(Path(rnd.data), purpose="train on")
     conversations = [[m.model_dump() for m in r.messages] for r in records]
     keep, lengths = fit_lengths(conversations, tokenizer, template, cfg.max_length, cfg.overlong)
-    dropped = [records[i].model_dump() | {"reason": f"over train.max_length={cfg.max_length} tokens"}
-               for i in sorted(set(range(len(records))) - set(keep))]  # fmt: skip
+    dropped = [
+        records[i].model_dump() | {"reason": f"over train.max_length={cfg.max_length} tokens"}
+        for i in sorted(set(range(len(records))) - set(keep))
+    ]
     if not keep:
         raise InputError(f"{rnd.data}: no conversation fits train.max_length={cfg.max_length}; nothing to train on")
     dataset = Dataset.from_list([{"messages": conversations[i]} for i in keep])
@@ -88,8 +90,6 @@ def train_sft(
         peft_config = lora_config(cfg.lora, model)
     args = SFTConfig(
         **schedule_args(cfg, plan, ckpt_dir, cfg.batch_size, rnd.learning_rate, rnd.epochs, rnd.max_steps),
-        gradient_accumulation_steps=cfg.grad_accum,
-        warmup_steps=cfg.warmup,
         max_length=cfg.max_length,
         packing=cfg.packing,
         assistant_only_loss=True,
@@ -97,8 +97,15 @@ def train_sft(
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
     )
-    done = train_and_save(trainer, tokenizer, guard, resume, out_dir, curve_path,
-                          lambda tmp: write_jsonl(tmp / "rejected_overlong.jsonl", dropped))  # fmt: skip
+    done = train_and_save(
+        trainer,
+        tokenizer,
+        guard,
+        resume,
+        out_dir,
+        curve_path,
+        lambda tmp: write_jsonl(tmp / "rejected_overlong.jsonl", dropped),
+    )
     if done is None:
         return {}
     curve, seconds = done.pop("curve"), done["seconds_training"]
@@ -106,7 +113,7 @@ def train_sft(
     trainable, total = trainer.model.get_nb_trainable_parameters()
     metrics = {
         "round": round_name,
-        "device": plan.device,
+        **plan.describe(),
         **done,
         "first_loss": curve[0]["loss"] if curve else None,
         "last_loss": curve[-1]["loss"] if curve else None,
@@ -119,8 +126,14 @@ def train_sft(
         "packing": cfg.packing,
         **lengths,
     }
-    log.info("sft %s: %d steps, loss %s -> %s, %s real tokens/s", round_name, metrics["steps"],
-             metrics["first_loss"], metrics["last_loss"], metrics["real_tokens_per_second"])  # fmt: skip
+    log.info(
+        "sft %s: %d steps, loss %s -> %s, %s real tokens/s",
+        round_name,
+        metrics["steps"],
+        metrics["first_loss"],
+        metrics["last_loss"],
+        metrics["real_tokens_per_second"],
+    )
     return metrics
 
 

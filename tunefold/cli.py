@@ -106,8 +106,12 @@ def cmd_llm_check(a: argparse.Namespace) -> int:
     with Gateway(params.llm, stage="llm-check", cache_dir=a.root / params.llm.cache_dir) as gw:
         for role in a.roles:
             start = time.perf_counter()
-            req = ChatRequest(messages=[{"role": "user", "content": "Reply with the word ready."}], max_tokens=8,
-                              temperature=0.0, seed=int(time.time()))  # fmt: skip
+            req = ChatRequest(
+                messages=[{"role": "user", "content": "Reply with the word ready."}],
+                max_tokens=8,
+                temperature=0.0,
+                seed=int(time.time()),
+            )
             result = gw.chat(role, req)
             took = time.perf_counter() - start
             prov = result.provenance
@@ -121,7 +125,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from tunefold.io import atomic_dir
     from tunefold.train.models import load_tokenizer, load_trained
 
-    model = load_trained(a.base, a.adapter)
+    model = load_trained(a.base, a.adapter)  # merged on the CPU in fp32: exact, and any machine can do it
     tokenizer = load_tokenizer(a.adapter if (a.adapter / "tokenizer_config.json").exists() else a.base)
     with atomic_dir(a.out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -149,8 +153,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
     params = load_params(a.root / "params.yaml")
     if a.command == "deploy":
         deploy(a.root.resolve(), params, a.pool)
-        print(f"deployment tunefold-cycle/{params.cycle.deployment} on work pool {a.pool}; start a worker with "
-              f"`prefect worker start --pool {a.pool}`")  # fmt: skip
+        print(
+            f"deployment tunefold-cycle/{params.cycle.deployment} on work pool {a.pool}; start a worker with "
+            f"`prefect worker start --pool {a.pool}`"
+        )
         return 0
     serve(a.root.resolve(), params)
     return 0

@@ -30,7 +30,9 @@ class ModelConfig(Section):
         "directory, a local .gguf file, or a Hugging Face model id",
     )
     revision: str | None = Field(None, description="git revision for a Hugging Face model id")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of the saved base checkpoint; auto keeps the model's own (a GGUF: float32)"
+    )
 
 
 class SourceConfig(Section):
@@ -172,7 +174,12 @@ class TrainConfig(Section):
     save_steps: int = Field(10, ge=1, description="checkpoint every N optimizer steps (for resume)")
     logging_steps: int = Field(1, ge=1)
     seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when torch can use it (a GPU it cannot use is an error), else the CPU"
+    )
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", description="auto: flash_attention_2 on CUDA when flash-attn is installed, else sdpa"
+    )
     qlora: bool = Field(False, description="4-bit base weights via bitsandbytes (CUDA only)")
     chat_template: str | None = Field(
         None, description="a Jinja template with {% generation %} markers, for model families the project lacks"
@@ -244,6 +251,9 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(1024, ge=1)
     batch_size: int = Field(8, ge=1)
     seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where local models answer: CUDA in bf16 when torch can use it, else the CPU in fp32"
+    )
     fanout: FanoutSettings = FanoutSettings()
 
 

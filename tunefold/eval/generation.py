@@ -30,6 +30,14 @@ class Generated:
     stopped: bool  # ended with the end-of-turn token rather than hitting max_new_tokens
 
 
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every end-of-turn token of the model: its generation config may list several (Llama 3 ends a turn with
+    <|eot_id|> and the text with <|end_of_text|>); the tokenizer's own eos alone would let answers run on."""
+    configured = model.generation_config.eos_token_id
+    ids = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
 class Generator:
     """Generates chat answers for many prompts at once on the model's device."""
 
@@ -50,10 +58,12 @@ class Generator:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokens_generated = 0
+        self.stop_ids = stop_token_ids(model, tokenizer)
 
     def generate(self, prompts: Sequence[Prompt]) -> list[Generated]:
-        texts = [self.tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True)
-                 for p in prompts]  # fmt: skip
+        texts = [
+            self.tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True) for p in prompts
+        ]
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         groups: dict[float, list[int]] = {}
         for i in sorted(range(len(prompts)), key=lambda i: -lengths[i]):  # similar lengths share a batch
@@ -72,16 +82,19 @@ class Generator:
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         torch.manual_seed(self.seed + offset)
-        eos = self.tokenizer.eos_token_id
         with torch.no_grad():
             ids = self.model.generate(
-                **batch, max_new_tokens=self.max_new_tokens, eos_token_id=eos,
-                pad_token_id=self.tokenizer.pad_token_id, **sampling,
-            )  # fmt: skip
+                **batch,
+                max_new_tokens=self.max_new_tokens,
+                eos_token_id=self.stop_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **sampling,
+            )
         results = []
         for row in ids[:, batch["input_ids"].shape[1] :].tolist():
-            stopped = eos in row
-            row = row[: row.index(eos)] if stopped else row
+            end = next((i for i, tok in enumerate(row) if tok in self.stop_ids), None)
+            stopped = end is not None
+            row = row[:end] if stopped else row
             self.tokens_generated += len(row)
             results.append(Generated(self.tokenizer.decode(row, skip_special_tokens=True).strip(), len(row), stopped))
         return results

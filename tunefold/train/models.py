@@ -13,6 +13,8 @@ from tunefold.errors import InputError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from tunefold.train.device import DevicePlan
+
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
@@ -59,11 +61,11 @@ def template_hash(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(template.encode("utf-8")).hexdigest()[:16]
 
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
-def convert_base(base: str, out_dir: Path, revision: str | None = None, dtype: str = "float32") -> dict[str, Any]:
+def convert_base(base: str, out_dir: Path, revision: str | None = None, dtype: str = "auto") -> dict[str, Any]:
     """Load the base model once and save it as a plain safetensors checkpoint in `out_dir`.
+
+    `dtype: auto` keeps a checkpoint's own dtype (a 7B bf16 model stays 15 GB, not 30 GB in fp32) and a GGUF's
+    dequantized fp32 values exact.
 
     A GGUF loads dequantized but stays flagged as quantized, which blocks training and `save_pretrained`;
     clearing the flags yields an ordinary checkpoint with identical weights that reloads in a fraction of a second.
@@ -78,7 +80,8 @@ def convert_base(base: str, out_dir: Path, revision: str | None = None, dtype: s
     log.info("loading base model %s%s", name, f" ({gguf})" if gguf else "")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, _DTYPES[dtype]), **kwargs)
+        wanted = torch.float32 if dtype == "auto" and gguf else getattr(torch, dtype, "auto")
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=wanted, **kwargs)
     except OSError as e:
         raise InputError(f"model.base: cannot load {base!r}: {e}") from e
     if gguf:
@@ -96,7 +99,7 @@ def convert_base(base: str, out_dir: Path, revision: str | None = None, dtype: s
         "gguf_file": gguf,
         "architecture": type(model).__name__,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "dtype": dtype,
+        "dtype": str(model.dtype).removeprefix("torch."),
         "vocab_size": len(tokenizer),
         "eos_token": tokenizer.eos_token,
         "pad_token": tokenizer.pad_token,
@@ -113,23 +116,32 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(path)
 
 
-def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu") -> PreTrainedModel:
+def load_model(model_dir: str | Path, plan: DevicePlan | None = None) -> PreTrainedModel:
+    """A saved checkpoint on the plan's device, dtype and attention (no plan: the CPU in fp32)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     path = Path(model_dir)
     if not (path / "config.json").exists():
         raise InputError(f"{path}: no model checkpoint here; run the prepare_model stage first")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, _DTYPES[dtype])).to(device)
+    if plan is None:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=plan.torch_dtype, attn_implementation=plan.attn_implementation
+    )
+    return model.to(plan.device)
 
 
-def load_trained(base_dir: str | Path, adapter_dir: str | Path | None, dtype: str = "float32") -> PreTrainedModel:
-    """Base model plus a trained adapter (and the adapters merged under it, per its stack.json), merged."""
+def load_trained(
+    base_dir: str | Path, adapter_dir: str | Path | None, plan: DevicePlan | None = None
+) -> PreTrainedModel:
+    """Base model plus a trained adapter (and the adapters merged under it, per its stack.json), merged, on the
+    plan's device and dtype (no plan: the CPU in fp32)."""
     import json
 
     from peft import PeftModel
 
-    model = load_model(base_dir, dtype)
+    model = load_model(base_dir, plan)
     if adapter_dir is None:
         return model
     adapter = Path(adapter_dir)

@@ -1,4 +1,4 @@
-"""Machinery shared by the SFT and DPO stages: device policy, base model + LoRA, the training chat template,
+"""Machinery shared by the SFT and DPO stages: base model + LoRA on the device plan, the training chat template,
 length accounting, resume guards and loss curves. Heavy libraries are imported inside the functions."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tunefold.config import LoraSettings, TrainConfig
 from tunefold.errors import InputError
 from tunefold.io import atomic_dir, write_json, write_text
+from tunefold.train.device import DevicePlan, peak_memory_gb
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -32,23 +32,6 @@ TRAINING_TEMPLATES = {
 }
 
 
-@dataclass(frozen=True)
-class DevicePlan:
-    """CUDA when present: bf16, gradient checkpointing, optional 4-bit QLoRA. Else CPU: fp32, no checkpointing."""
-
-    device: str
-    bf16: bool
-    gradient_checkpointing: bool
-    qlora: bool
-
-    def trainer_args(self) -> dict[str, Any]:
-        return {
-            "use_cpu": self.device == "cpu",
-            "bf16": self.bf16,
-            "activation_checkpointing": self.gradient_checkpointing,
-        }
-
-
 def schedule_args(
     cfg: TrainConfig,
     plan: DevicePlan,
@@ -58,27 +41,26 @@ def schedule_args(
     epochs: float,
     max_steps: int,
 ) -> dict[str, Any]:
-    """What SFT and DPO configs share: schedule, checkpoints every `save_steps` (the last two kept), seeds, device."""
+    """What SFT and DPO configs share: schedule (gradient accumulation, warmup), checkpoints every `save_steps`
+    (the last two kept), seeds, device."""
     return {
-        "output_dir": str(ckpt_dir), "per_device_train_batch_size": batch_size, "learning_rate": learning_rate,
-        "num_train_epochs": epochs, "max_steps": max_steps, "logging_steps": cfg.logging_steps,
-        "save_strategy": "steps", "save_steps": cfg.save_steps, "save_total_limit": 2, "seed": cfg.seed,
-        "data_seed": cfg.seed, "report_to": "none", "ddp_find_unused_parameters": False,  # every LoRA weight is used
+        "output_dir": str(ckpt_dir),
+        "per_device_train_batch_size": batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "learning_rate": learning_rate,
+        "warmup_steps": cfg.warmup,
+        "num_train_epochs": epochs,
+        "max_steps": max_steps,
+        "logging_steps": cfg.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": cfg.save_steps,
+        "save_total_limit": 2,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "report_to": "none",
+        "ddp_find_unused_parameters": False,  # every LoRA weight is used
         **plan.trainer_args(),
-    }  # fmt: skip
-
-
-def plan_device(cfg: TrainConfig) -> DevicePlan:
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if cfg.device == "cuda" and not cuda:
-        raise InputError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    if cfg.qlora and not (cuda and cfg.device != "cpu"):
-        raise InputError("train.qlora needs a CUDA device (bitsandbytes 4-bit); set train.qlora: false on CPU")
-    if cuda and cfg.device != "cpu":
-        return DevicePlan("cuda", torch.cuda.is_bf16_supported(), True, cfg.qlora)
-    return DevicePlan("cpu", False, False, False)
+    }
 
 
 def sha256_text(text: str) -> str:
@@ -128,19 +110,23 @@ def training_template(tokenizer: PreTrainedTokenizerBase, override: str | None =
 
 
 def load_base(model_dir: Path, plan: DevicePlan) -> PreTrainedModel:
-    import torch
+    """The base model as the plan says: dtype, attention, and on CUDA optionally 4-bit with the compute and
+    storage dtype of the plan (fp16 on GPUs without bf16; a storage dtype FSDP can shard)."""
     from transformers import AutoModelForCausalLM
 
     if not (model_dir / "config.json").exists():
         raise InputError(f"base model {model_dir} does not exist; run the prepare_model stage first")
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if plan.bf16 else torch.float32}
+    kwargs: dict[str, Any] = {"dtype": plan.torch_dtype, "attn_implementation": plan.attn_implementation}
     if plan.qlora:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )  # fmt: skip
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=plan.torch_dtype,
+            bnb_4bit_quant_storage=plan.torch_dtype,
+        )
     if plan.device == "cuda":  # one full copy per process; under `accelerate launch` each rank takes its own GPU
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
@@ -159,9 +145,12 @@ def lora_config(cfg: LoraSettings, model: PreTrainedModel) -> Any:
             f"its projection modules are: {', '.join(linear) or ', '.join(sorted(leaves))}"
         )
     return LoraConfig(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
         task_type="CAUSAL_LM",
-    )  # fmt: skip
+    )
 
 
 def fit_lengths(
@@ -233,8 +222,11 @@ class ResumeGuard:
     def _last_complete_checkpoint(self) -> str | None:
         """The newest checkpoint the Trainer finished saving: its trainer_state.json, written last, parses. A kill
         while saving leaves a newer torn one, which would fail the resume; it is removed (it is redone)."""
-        found = sorted((int(m.group(1)), p) for p in self.dir.glob("checkpoint-*")
-                       if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir())  # fmt: skip
+        found = sorted(
+            (int(m.group(1)), p)
+            for p in self.dir.glob("checkpoint-*")
+            if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir()
+        )
         for _, path in reversed(found):
             try:
                 json.loads((path / "trainer_state.json").read_text())
@@ -294,5 +286,6 @@ def train_and_save(
         "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0,
         "train_loss": round(result.training_loss, 4),
         "seconds_training": round(seconds, 1),
+        "peak_gpu_memory_gb": peak_memory_gb(),
         "curve": write_curve(trainer.state.log_history, curve_path),
     }

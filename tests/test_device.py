@@ -1,0 +1,138 @@
+"""The device policy: what runs where, in which dtype and attention, and the loud errors instead of a silent CPU
+run. Checked on this CPU machine (torch is a CPU build here); the GPU branch is for the lent-GPU check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunefold.config import TrainConfig
+from tunefold.errors import InputError
+from tunefold.train.device import plan_device, visible_gpus
+from tunefold.train.training import schedule_args
+
+ROUNDS = {"r1": {"data": "x.jsonl", "init": "models/base"}}
+
+
+def no_gpu(tmp_path: Path) -> Path:
+    dev = tmp_path / "dev"
+    dev.mkdir(exist_ok=True)
+    return dev
+
+
+def with_gpu(tmp_path: Path) -> Path:
+    dev = no_gpu(tmp_path)
+    (dev / "nvidia0").touch()
+    (dev / "nvidiactl").touch()
+    return dev
+
+
+def test_cpu_plan_is_fp32_without_checkpointing(tmp_path: Path) -> None:
+    plan = plan_device("auto", dev=no_gpu(tmp_path))
+    assert (plan.device, plan.dtype, plan.attn_implementation, plan.gradient_checkpointing) == (
+        "cpu",
+        "float32",
+        "sdpa",
+        False,
+    )
+    assert plan.trainer_args() == {"use_cpu": True, "bf16": False, "fp16": False, "activation_checkpointing": False}
+    assert plan.describe()["device"] == "cpu" and plan.describe()["gpu"] is None
+    assert plan_device("cpu", attention="eager", dev=no_gpu(tmp_path)).attn_implementation == "eager"
+
+
+def test_a_gpu_torch_cannot_use_is_an_error_not_a_silent_cpu_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch can use CUDA")
+    dev = with_gpu(tmp_path)
+    assert visible_gpus(dev) == ["nvidia0"]
+    with pytest.raises(InputError, match=r"has GPUs \(nvidia0\) but torch .* cannot use them \(it is a CPU-only"):
+        plan_device("auto", dev=dev)
+    assert plan_device("cpu", dev=dev).device == "cpu"  # said explicitly: fine
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # GPUs hidden from this process on purpose
+    assert plan_device("auto", dev=dev).device == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"device": "cuda"}, "train.device is 'cuda' but torch"),
+        ({"device": "cpu", "qlora": True}, "train.qlora needs a CUDA device"),
+        ({"device": "cpu", "attention": "flash_attention_2"}, "flash_attention_2 but it runs on CUDA only"),
+    ],
+)
+def test_impossible_requests_fail_with_the_key(tmp_path: Path, kw: dict, message: str) -> None:
+    import torch
+
+    if torch.cuda.is_available() and kw.get("device") == "cuda":
+        pytest.skip("this torch can use CUDA")
+    with pytest.raises(InputError, match=message):
+        plan_device(dev=no_gpu(tmp_path), **kw)
+
+
+def test_sft_and_dpo_share_accumulation_and_warmup(tmp_path: Path) -> None:
+    from trl import DPOConfig, SFTConfig
+
+    cfg = TrainConfig(rounds=ROUNDS, grad_accum=3, warmup=0.25)
+    plan = plan_device("cpu", dev=no_gpu(tmp_path))
+    shared = schedule_args(cfg, plan, tmp_path / "ckpt", 2, 1e-4, 1.0, 5)
+    dpo = DPOConfig(**shared, beta=0.1, max_length=64)
+    sft = SFTConfig(**shared, max_length=64)
+    for args in (dpo, sft):
+        assert args.gradient_accumulation_steps == 3 and args.warmup_steps == 0.25 and args.use_cpu
+
+
+@pytest.mark.slow
+def test_local_models_load_and_stop_as_the_plan_and_model_say(tmp_path: Path, base_model: Path) -> None:
+    """Generation loads through the plan (no hidden fp32-on-CPU choice), and stops at every end-of-turn token the
+    model's generation config lists, not only the tokenizer's eos."""
+    from tunefold.eval.generation import Generator, Prompt, stop_token_ids
+    from tunefold.train.models import load_tokenizer, load_trained
+
+    plan = plan_device("cpu", attention="eager", dev=no_gpu(tmp_path))
+    model = load_trained(base_model, None, plan)
+    assert model.config._attn_implementation == "eager" and str(model.dtype) == "torch.float32"
+    assert model.device.type == "cpu"
+    tok = load_tokenizer(base_model)
+    assert stop_token_ids(model, tok) == [tok.eos_token_id]
+    messages = [{"role": "user", "content": "Name three colours."}]
+    prompt = [Prompt(messages)]
+    free = Generator(model, tok, max_new_tokens=24).generate(prompt)[0]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = tok(text, return_tensors="pt", add_special_tokens=False)
+    greedy = model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1] :].tolist()
+    model.generation_config.eos_token_id = [tok.eos_token_id, greedy[3]]  # a second end-of-turn token
+    cut = Generator(model, tok, max_new_tokens=24).generate(prompt)[0]
+    assert cut.stopped and cut.new_tokens < free.new_tokens and free.text.startswith(cut.text)
+
+
+@pytest.mark.slow
+def test_base_checkpoint_keeps_its_own_dtype(tmp_path: Path, base_model: Path) -> None:
+    """`model.dtype: auto` saves a bf16 checkpoint as bf16 (a 7B model is not doubled to fp32 on disk)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunefold.train.models import convert_base, load_tokenizer
+
+    config = AutoConfig.from_pretrained(base_model)
+    config.update(
+        {
+            "num_hidden_layers": 1,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+        }
+    )
+    tiny = tmp_path / "tiny"
+    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(tiny)
+    load_tokenizer(base_model).save_pretrained(tiny)
+    info = convert_base(str(tiny), tmp_path / "auto")
+    assert info["dtype"] == "bfloat16"
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "auto", dtype="auto").dtype == torch.bfloat16
+    assert convert_base(str(tiny), tmp_path / "fp32", dtype="float32")["dtype"] == "float32"
