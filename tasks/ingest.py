@@ -59,10 +59,13 @@ class SourceTally:
             self.examples[kind].append(location.rsplit(":", 1)[-1])
 
     def top_reasons(self, n: int = 3) -> str:
-        return "; ".join(
-            f"{count} x {kind} (e.g. line {', '.join(self.examples[kind])})"
-            for kind, count in self.reasons.most_common(n)
-        )
+        """The commonest reasons with example locations: `line 3` in text files, `row 3` in Parquet/HF data."""
+        parts = []
+        for kind, count in self.reasons.most_common(n):
+            where = self.examples[kind]
+            unit = "line " if all(w.isdigit() for w in where) else ""
+            parts.append(f"{count} x {kind} (e.g. {unit}{', '.join(where)})")
+        return "; ".join(parts)
 
     def problem(self, max_fraction: float) -> str | None:
         """Why this source stops the stage, or None."""
