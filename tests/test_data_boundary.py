@@ -232,7 +232,10 @@ def test_compressed_sources_read_by_suffix(tmp_path: Path, suffix: str, pack: An
     paths = [src, tmp_path / f"rows.csv{suffix}", tmp_path / f"rows.json{suffix}"]
     m = ingest(cfg(*paths), tmp_path / "out")
     assert m["rows_read"] == 9 and m["rows_rejected"] == 0
-    assert [r.source for r in records(tmp_path / "out")][:3] == [f"{src}:{i}" for i in (1, 2, 3)]
+    got = records(tmp_path / "out")
+    lines = {paths[0]: (1, 2, 3), paths[1]: (2, 3, 4), paths[2]: (1, 1, 1)}  # CSV: after its header; JSON: one line
+    assert [r.source for r in got] == [f"{p}:{i}" for p in paths for i in lines[p]]
+    assert [turns(r) for r in got] == [[("user", r["instruction"]), ("assistant", r["output"])] for r in ROWS] * 3
 
 
 def test_compression_the_name_does_not_match_is_a_clear_error(tmp_path: Path) -> None:
@@ -354,3 +357,40 @@ def test_untracked_source_warned_from_the_stage_itself(tmp_path: Path, caplog: p
     with caplog.at_level("WARNING", logger="tunefold"):
         assert warn_untracked_sources(c, tmp_path / "dvc.yaml") == ["elsewhere/b.jsonl"]
     assert "source elsewhere/b.jsonl is not a dep of stage ingest" in caplog.text
+
+
+def test_whole_file_problems_are_errors_naming_the_file(tmp_path: Path) -> None:
+    cut_json = tmp_path / "rows.json.gz"
+    cut_json.write_bytes(gzip.compress(json.dumps(ROWS * 40).encode())[:-40])
+    with pytest.raises(InputError, match=re.escape(f"{cut_json}: the compressed file cannot be read: EOFError")):
+        ingest(cfg(cut_json), tmp_path / "out")
+    blank_header = tmp_path / "blank.csv"
+    blank_header.write_text("\ninstruction,output\na,b\n")
+    with pytest.raises(InputError, match=re.escape(f"{blank_header}:1: the first line is empty")):
+        ingest(cfg(blank_header), tmp_path / "out")
+    cut_header = tmp_path / "cut.csv.bz2"
+    cut_header.write_bytes(bz2.compress(b"instruction,output\n" + b"a,b\n" * 100)[:30])
+    with pytest.raises(InputError, match=re.escape(f"{cut_header}:1: the header cannot be read")):
+        ingest(cfg(cut_header), tmp_path / "out")
+
+
+def test_odd_lines_and_odd_fields_are_rows_with_reasons(tmp_path: Path) -> None:
+    src = tmp_path / "odd.jsonl"
+    lines = [
+        b"\xef\xbb\xbf" + json.dumps(ROWS[0]).encode(),  # a byte-order mark before the first row
+        b"\x0c",  # a form feed is not JSON whitespace: a malformed row, not a blank line
+        "\u00a0".encode(),  # nor is a no-break space
+        b"   ",  # a blank line
+        json.dumps({"instruction": "X", "instances": [{"instruction": "Y", "input": "", "output": "o"}]}).encode(),
+        json.dumps({"instruction": "Say nothing.", "output": []}).encode(),
+        json.dumps(ROWS[1]).encode(),
+    ]
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    m = ingest(cfg(src), tmp_path / "out")
+    assert [r.source for r in records(tmp_path / "out")] == [f"{src}:1", f"{src}:7"]
+    why = reasons(tmp_path / "out")
+    assert set(why) == {2, 3, 5, 6}
+    assert why[2].startswith("malformed JSON") and why[3].startswith("malformed JSON")
+    assert why[5] == "instances[0]: has its own instruction; an instance holds input and output"
+    assert why[6] == "output: expected a string, got list"
+    reconciles(m, tmp_path / "out")

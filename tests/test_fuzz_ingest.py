@@ -82,6 +82,9 @@ FRAGMENTS = st.lists(
             b"\x00",
             b"instruction,output\n",
             b'""',
+            b"\x0c",
+            "\u00a0".encode(),
+            b"\xef\xbb\xbf",
         ],
     ),
     max_size=60,
@@ -89,8 +92,9 @@ FRAGMENTS = st.lists(
 BYTES = st.one_of(st.binary(max_size=300), FRAGMENTS)
 
 
-def run_ingest(path: Path, **source: Any) -> dict[str, Any] | None:
-    """Ingest one file; None when it was refused as a whole (an InputError that names the file)."""
+def run_ingest(path: Path, rows_in: int | None = None, **source: Any) -> dict[str, Any] | None:
+    """Ingest one file; None when it was refused as a whole (an InputError that names the file). A well-formed
+    file (`rows_in` known) may only be refused because every one of its rows was rejected."""
     out = path.parent / "out"
     cfg = IngestConfig(sources=[SourceConfig(path=str(path), **source)], dedupe="normalized", max_reject_fraction=1.0)
     try:
@@ -98,9 +102,13 @@ def run_ingest(path: Path, **source: Any) -> dict[str, Any] | None:
     except InputError as e:
         assert str(path) in str(e) or "no valid records" in str(e)
         failed = path.parent / "out.failed" / "metrics.json"
+        if rows_in is not None:
+            assert failed.exists() and ("rows rejected" in str(e) or "is empty" in str(e)), str(e)
         if failed.exists():  # every row was read and rejected: the failure report still reconciles
             m = json.loads(failed.read_text())
             assert m["records_kept"] == 0
+            if rows_in is not None:
+                assert m["rows_read"] == rows_in
             assert len(read_jsonl(path.parent / "out.failed" / REJECTED)) == m["rows_rejected"]
         return None
     assert len(read_jsonl(out / RECORDS)) == m["records_kept"]
@@ -121,9 +129,9 @@ def in_tmp(body: Callable[[Path], None]) -> None:
 
 def nonblank_lines(data: bytes) -> int:
     count = 0
-    for line in data.split(b"\n"):
+    for line in data.removeprefix(b"\xef\xbb\xbf").split(b"\n"):  # a byte-order mark opens the first line
         try:
-            count += bool(line.decode("utf-8").strip())
+            count += bool(line.decode("utf-8").strip(" \t\r\n"))  # JSON's whitespace, and only that
         except UnicodeDecodeError:
             count += 1
     return count
@@ -135,7 +143,7 @@ def test_random_rows_jsonl(rows: list[dict[str, Any]]) -> None:
     def body(tmp: Path) -> None:
         path = tmp / "rows.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="ascii")
-        m = run_ingest(path)
+        m = run_ingest(path, len(rows))
         if m is not None:
             assert m["rows_read"] == len(rows)
 
@@ -149,7 +157,7 @@ def test_random_rows_json_array(rows: list[dict[str, Any]], pack: str) -> None:
         data = json.dumps(rows, indent=1).encode()
         path = tmp / f"rows.{pack}"
         path.write_bytes({"json": bytes, "json.gz": gzip.compress, "json.bz2": bz2.compress}[pack](data))
-        m = run_ingest(path)
+        m = run_ingest(path, len(rows))
         if m is not None:
             assert m["rows_read"] == len(rows)
 
@@ -168,21 +176,31 @@ def test_random_csv_tables(table: list[list[str]]) -> None:
             writer = csv.writer(f)
             writer.writerow(["instruction", "input", "output"])
             writer.writerows(table)
-        m = run_ingest(path)
+        m = run_ingest(path, len(table))
         if m is not None:
             assert m["rows_read"] == len(table)
 
     in_tmp(body)
 
 
+PACK = {"": bytes, ".gz": gzip.compress, ".bz2": bz2.compress}
+
+
 @FUZZ
-@given(data=BYTES, fmt=st.sampled_from(["jsonl", "json", "csv", "jsonl.gz"]))
-def test_random_bytes_every_reader(data: bytes, fmt: str) -> None:
+@given(
+    data=BYTES,
+    fmt=st.sampled_from(["jsonl", "json", "csv"]),
+    pack=st.sampled_from(list(PACK)),
+    cut=st.one_of(st.none(), st.integers(min_value=1, max_value=60)),
+)
+def test_random_bytes_every_reader(data: bytes, fmt: str, pack: str, cut: int | None) -> None:
+    """Random bytes, plain or compressed, and compressed streams cut off short."""
+
     def body(tmp: Path) -> None:
-        path = tmp / f"rows.{fmt}"
-        path.write_bytes(gzip.compress(data) if fmt.endswith(".gz") else data)
-        m = run_ingest(path)
-        if m is not None and fmt.startswith("jsonl"):
-            assert m["rows_read"] == nonblank_lines(data)
+        path = tmp / f"rows.{fmt}{pack}"
+        packed = PACK[pack](data)
+        path.write_bytes(packed[: -min(cut, len(packed) - 1)] if cut and pack else packed)
+        whole_jsonl = fmt == "jsonl" and not (cut and pack)  # every non-blank line is a row, kept or rejected
+        run_ingest(path, nonblank_lines(data) if whole_jsonl else None)
 
     in_tmp(body)

@@ -28,6 +28,7 @@ SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv"
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
 _MAGIC = {"gzip": b"\x1f\x8b", "bz2": b"BZh", "xz": b"\xfd7zXZ\x00", "zstd": b"\x28\xb5\x2f\xfd"}
 _EXCERPT = 2000  # characters of an oversized row kept in rejected.jsonl
+_JSON_WS = " \t\r\n"  # the only whitespace JSON allows between values
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,9 @@ def _read_jsonl(f: IO[bytes], path: Path, max_row_bytes: int) -> Iterator[RawRow
         except UnicodeDecodeError as e:
             yield RawRow(loc, None, f"invalid UTF-8 at byte {e.start}", raw.decode("utf-8", "replace").rstrip("\n"))
             continue
-        if text.strip():
+        if lineno == 1:
+            text = text.removeprefix("\ufeff")
+        if text.strip(_JSON_WS):  # a line of other characters (form feed, no-break space) is a row, and malformed
             yield _parse_object(text.rstrip("\r\n"), loc)
 
 
@@ -228,7 +231,11 @@ _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},]', re.S)
 def _read_json(f: IO[bytes], path: Path, max_row_bytes: int) -> Iterator[RawRow]:
     """A JSON array of row objects (or an object holding exactly one such array). Rows are read one by one, so
     each gets its own line number and a bad row is rejected alone."""
-    text = f.read().decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    try:
+        data = f.read()
+    except Exception as e:  # a compressed stream that is corrupt or cut off: no row of a JSON document is usable
+        raise InputError(f"{path}: the compressed file cannot be read: {type(e).__name__}: {e}") from e
+    text = data.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
     doc = _JsonText(text, path)
     start = doc.array_start()
     pos = doc.skip_ws(start + 1)
@@ -385,6 +392,10 @@ def _read_csv(f: IO[bytes], path: Path, max_row_bytes: int, json_columns: tuple[
         return
     except csv.Error as e:
         raise InputError(f"{path}:1: malformed CSV header: {e}") from e
+    if 1 in problems:
+        raise InputError(f"{path}:1: the header cannot be read: {problems[1]}")
+    if not header:
+        raise InputError(f"{path}:1: the first line is empty; a CSV file starts with its header row")
     if any(_has_bad_bytes(h) for h in header):
         raise InputError(f"{path}:1: the header is not valid UTF-8")
     if len(set(header)) != len(header) or any(not h.strip() for h in header):

@@ -41,7 +41,7 @@ class RowError(ValueError):
 def _text(value: Any, field: str) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
+    if isinstance(value, list) and value and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
         parts = [p.get("text") for p in value]
         if all(isinstance(p, str) for p in parts):
             return "".join(parts)  # type: ignore[arg-type]  # OpenAI content parts
@@ -55,7 +55,8 @@ def _require(row: dict[str, Any], key: str) -> Any:
 
 
 def _optional_text(row: dict[str, Any], key: str) -> str:
-    """An optional text field: absent, null or "" mean none; any other non-string is refused, never dropped."""
+    """An optional text field: absent or null mean none (a blank string adds nothing either); any other
+    non-string is refused, never dropped."""
     value = row.get(key)
     return "" if value is None else _text(value, key)
 
@@ -258,6 +259,8 @@ def convert_row(row: dict[str, Any]) -> tuple[str, list[Conversation]]:
         for i, inst in enumerate(instances):
             if not isinstance(inst, dict):
                 raise RowError(f"instances[{i}]: expected an object")
+            if clash := sorted({"instruction", "system"} & set(inst)):
+                raise RowError(f"instances[{i}]: has its own {', '.join(clash)}; an instance holds input and output")
             out.append((_alpaca({"instruction": row["instruction"], **inst}), None))
         return shape, out
     return shape, [(_alpaca(row), None)]
