@@ -394,3 +394,15 @@ def test_odd_lines_and_odd_fields_are_rows_with_reasons(tmp_path: Path) -> None:
     assert why[5] == "instances[0]: has its own instruction; an instance holds input and output"
     assert why[6] == "output: expected a string, got list"
     reconciles(m, tmp_path / "out")
+
+
+def test_text_that_starts_like_a_magic_number_is_still_text(tmp_path: Path) -> None:
+    """bz2's magic is "BZh" and a block-size digit: a CSV whose first column is named "BZh" is a CSV."""
+    src = tmp_path / "bzh.csv"
+    src.write_text("BZh,instruction,output\nx,Say hi.,Hi!\n")
+    m = ingest(cfg(src), tmp_path / "out")
+    assert m["records_kept"] == 1 and turns(records(tmp_path / "out")[0]) == [("user", "Say hi."), ("assistant", "Hi!")]
+    short = tmp_path / "short.jsonl"
+    short.write_bytes(b"BZh")
+    with pytest.raises(InputError, match="all 1 rows rejected: 1 x malformed JSON"):
+        ingest(cfg(short), tmp_path / "out2")

@@ -92,8 +92,8 @@ def _check_compression(path: Path) -> str | None:
     with path.open("rb") as f:
         head = f.read(6)
     found = next((name for name, magic in _MAGIC.items() if head.startswith(magic)), None)
-    if found == "bz2" and head[3:4] not in b"123456789":
-        found = None  # "BZh" followed by a block size digit, not a text file starting with "BZh"
+    if found == "bz2" and not (head[3:4].isdigit() and head[3:4] != b"0"):
+        found = None  # bz2 is "BZh" and a block size 1-9, not any text that starts with "BZh"
     if named and found != named:
         raise InputError(f"{path}: named {path.suffix} but is not {named}-compressed data")
     if found and not named:
