@@ -187,18 +187,6 @@ def wait_for_deployment_run(repo: Path, server_env: dict[str, str], proc: subpro
     raise AssertionError("no scheduled cycle completed:\n" + log.read_text())
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """End a worker or `tunefold serve` and its children. SIGINT first (a worker ignores SIGTERM once its server is
-    gone, STACK.md); on a 5-second schedule the next late run may already be starting, and a process still busy
-    after a minute is killed, so it cannot outlive the test and its server."""
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-
-
 def test_process_work_pool_runs_the_deployed_cycle(
     repo: Path,
     tmp_path: Path,
@@ -217,7 +205,8 @@ def test_process_work_pool_runs_the_deployed_cycle(
     try:
         wait_for_deployment_run(repo, prefect_server, worker, tmp_path / "worker.log")
     finally:
-        stop(worker)
+        os.killpg(worker.pid, signal.SIGINT)  # a worker ignores SIGTERM once its server is gone (STACK.md)
+        worker.wait(timeout=60)
     assert len(registry(repo)) == 1  # the candidate is the champion: the run decided nothing
 
 
@@ -257,7 +246,8 @@ CustomWebhookNotificationBlock(name="ops", url={url!r}, json_data={{"text": "{{{
     try:
         wait_for_deployment_run(repo, prefect_server, server, tmp_path / "serve.log")
     finally:
-        stop(server)
+        os.killpg(server.pid, signal.SIGINT)
+        server.wait(timeout=60)
     assert len(registry(repo)) == 1  # nothing new: no decision
 
     # A cycle that fails (validation over its limit): the webhook hears of it, the champion and registry stay.
