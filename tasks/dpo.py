@@ -1,8 +1,9 @@
 """Stage `dpo`: Direct Preference Optimisation with trl's DPOTrainer on prompt/chosen/rejected pairs.
 
-The SFT adapter is merged into the base in memory and a fresh LoRA adapter is trained on top, with
-`ref_model=None`: the adapter-disabled model, i.e. the SFT model, is the reference, and only one model is in
-memory. `dpo.sources` and `dpo.data_fraction` choose the preference pool, so a data-efficiency study is one
+The SFT adapter is loaded twice onto one base model: as the trainable policy and as a frozen "ref" adapter
+(trl's reference adapter), so the reference is exactly the SFT model and only one base is in memory. Nothing is
+merged, so a 4-bit QLoRA base keeps the whole SFT delta (merging into 4-bit weights would round most of it
+away). `dpo.sources` and `dpo.data_fraction` choose the preference pool, so a data-efficiency study is one
 `dvc exp run` sweep.
 """
 
@@ -19,16 +20,14 @@ from typing import Any
 from tunefold.config import DPOSettings, TrainConfig
 from tunefold.data.records import Record, read_records
 from tunefold.errors import InputError
-from tunefold.io import write_json
 from tunefold.pipeline.stage import StageContext, log, stage_main
-from tunefold.train.device import plan_device
-from tunefold.train.models import STACK_FILE, load_tokenizer
+from tunefold.train.device import DevicePlan, plan_device, train_processes
+from tunefold.train.models import load_tokenizer
 from tunefold.train.training import (
     ResumeGuard,
     file_hash,
     fingerprint,
     load_base,
-    lora_config,
     schedule_args,
     train_and_save,
     training_template,
@@ -53,27 +52,11 @@ def select_pairs(records: list[Record], cfg: DPOSettings, seed: int) -> tuple[li
     return picked, dict(Counter(source(r) for r in picked))
 
 
-def train_dpo(
-    cfg: DPOSettings,
-    train: TrainConfig,
-    base_dir: Path,
-    out_dir: Path,
-    ckpt_dir: Path,
-    curve_path: Path,
-    force_restart: bool = False,
-) -> dict[str, Any]:
+def preference_dataset(pairs: list[Record]) -> Any:
+    """trl's conversational preference format: the conversation so far, then the two answers."""
     from datasets import Dataset
-    from peft import PeftModel
-    from trl import DPOConfig, DPOTrainer
 
-    init = Path(cfg.init)
-    if not (init / "adapter_config.json").exists():
-        raise InputError(f"dpo.init: {init} is not a LoRA adapter directory; run the SFT stage first")
-    plan = plan_device(train.device, train.qlora, train.attn_implementation)
-    tokenizer = load_tokenizer(base_dir)
-    tokenizer.chat_template = training_template(tokenizer, train.chat_template)[0]
-    pairs, by_source = select_pairs(read_records(Path(cfg.data), purpose="train on"), cfg, train.seed)
-    dataset = Dataset.from_list(
+    return Dataset.from_list(
         [
             {
                 "prompt": [m.model_dump() for m in r.prompt],
@@ -84,6 +67,51 @@ def train_dpo(
         ]
     )
 
+
+def dpo_trainer(
+    cfg: DPOSettings,
+    train: TrainConfig,
+    plan: DevicePlan,
+    base_dir: Path,
+    ckpt_dir: Path,
+    dataset: Any,
+    tokenizer: Any,
+) -> Any:
+    """A DPOTrainer whose policy is the SFT adapter, trainable, and whose reference is trl's frozen copy of it
+    ("ref"): given a PeftModel and no ref_model, trl copies the adapter it was given."""
+    from peft import PeftModel
+    from trl import DPOConfig, DPOTrainer
+
+    model = PeftModel.from_pretrained(load_base(base_dir, plan), cfg.init, is_trainable=True)
+    args = DPOConfig(
+        **schedule_args(train, plan, ckpt_dir, cfg.batch_size, cfg.learning_rate, cfg.epochs, cfg.max_steps),
+        beta=cfg.beta,
+        max_length=cfg.max_length,
+    )
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer)
+    if "ref" not in trainer.model.peft_config:  # trl would fall back to the base model as the reference
+        raise RuntimeError("trl did not add the frozen reference adapter; DPO would train against the base model")
+    return trainer
+
+
+def train_dpo(
+    cfg: DPOSettings,
+    train: TrainConfig,
+    base_dir: Path,
+    out_dir: Path,
+    ckpt_dir: Path,
+    curve_path: Path,
+    force_restart: bool = False,
+) -> dict[str, Any]:
+    init = Path(cfg.init)
+    if not (init / "adapter_config.json").exists():
+        raise InputError(f"dpo.init: {init} is not a LoRA adapter directory; run the SFT stage first")
+    plan = plan_device(train.device, train.qlora, train.attn_implementation)
+    tokenizer = load_tokenizer(base_dir)
+    tokenizer.chat_template = training_template(tokenizer, train.chat_template)[0]
+    pairs, by_source = select_pairs(read_records(Path(cfg.data), purpose="train on"), cfg, train.seed)
+    dataset = preference_dataset(pairs)
+
     fp = fingerprint(
         data=file_hash(Path(cfg.data)),
         init=file_hash(init / "adapter_model.safetensors"),
@@ -91,32 +119,11 @@ def train_dpo(
         lora=train.lora.model_dump(),
         seed=train.seed,
     )
-    guard = ResumeGuard(ckpt_dir, fp, force_restart)
+    guard = ResumeGuard(ckpt_dir, fp, force_restart, cpu=plan.device == "cpu")
     resume = guard.resume_point()
 
-    model = PeftModel.from_pretrained(load_base(base_dir, plan), str(init)).merge_and_unload()
-    args = DPOConfig(
-        **schedule_args(train, plan, ckpt_dir, cfg.batch_size, cfg.learning_rate, cfg.epochs, cfg.max_steps),
-        beta=cfg.beta,
-        max_length=cfg.max_length,
-    )
-    trainer = DPOTrainer(
-        model=model,
-        ref_model=None,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(train.lora, model),
-    )
-    done = train_and_save(
-        trainer,
-        tokenizer,
-        guard,
-        resume,
-        out_dir,
-        curve_path,
-        lambda tmp: write_json(tmp / STACK_FILE, {"merged_adapters": [str(init)]}),
-    )
+    trainer = dpo_trainer(cfg, train, plan, base_dir, ckpt_dir, dataset, tokenizer)
+    done = train_and_save(trainer, tokenizer, guard, resume, out_dir, curve_path)
     if done is None:
         return {}
     curve = done.pop("curve")
@@ -155,7 +162,7 @@ def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main("dpo", __doc__ or "", _args, _run, argv)
+    return stage_main("dpo", __doc__ or "", _args, _run, argv, processes=train_processes)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from tunefold.data.records import read_records
 from tunefold.errors import InputError
 from tunefold.io import write_jsonl
 from tunefold.pipeline.stage import StageContext, log, stage_main
-from tunefold.train.device import plan_device
+from tunefold.train.device import plan_device, train_processes
 from tunefold.train.models import load_tokenizer
 from tunefold.train.training import (
     ResumeGuard,
@@ -79,7 +79,7 @@ def train_sft(
         train=cfg.model_dump(exclude={"rounds", "device"}),
         round=rnd.model_dump(),
     )
-    guard = ResumeGuard(ckpt_dir, fp, force_restart)
+    guard = ResumeGuard(ckpt_dir, fp, force_restart, cpu=plan.device == "cpu")
     resume = guard.resume_point()
 
     model = load_base(base_dir, plan)
@@ -153,7 +153,7 @@ def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main("sft", __doc__ or "", _args, _run, argv)
+    return stage_main("sft", __doc__ or "", _args, _run, argv, processes=train_processes)
 
 
 if __name__ == "__main__":

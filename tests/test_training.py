@@ -21,10 +21,16 @@ from tunefold.io import write_jsonl
 
 pytestmark = pytest.mark.slow
 
-QA = [("What colour is the sky on a clear day?", "Blue."), ("What is the capital of France?", "Paris."),
-      ("How many legs does a spider have?", "Eight."), ("What is 2 plus 3?", "Five."),
-      ("Which animal says moo?", "A cow."), ("What is frozen water called?", "Ice."),
-      ("What is the opposite of hot?", "Cold."), ("How many days are in a week?", "Seven.")]  # fmt: skip
+QA = [
+    ("What colour is the sky on a clear day?", "Blue."),
+    ("What is the capital of France?", "Paris."),
+    ("How many legs does a spider have?", "Eight."),
+    ("What is 2 plus 3?", "Five."),
+    ("Which animal says moo?", "A cow."),
+    ("What is frozen water called?", "Ice."),
+    ("What is the opposite of hot?", "Cold."),
+    ("How many days are in a week?", "Seven."),
+]
 BAD = ["I am not sure, it might depend on many things and I cannot say.", "Banana.", "Purple, probably.", "Ninety."]
 
 
@@ -40,8 +46,14 @@ def write_data(path: Path, prefs: bool = False) -> Path:
 
 def config(data: Path, init: Path, **round_kw) -> TrainConfig:
     rnd = SFTRound(data=str(data), init=str(init), **({"epochs": 1, "learning_rate": 2e-3, "max_steps": 6} | round_kw))
-    return TrainConfig(lora=LoraSettings(r=8, alpha=16, dropout=0.0), max_length=128, batch_size=2, save_steps=2,
-                       logging_steps=1, rounds={"r1": rnd})  # fmt: skip
+    return TrainConfig(
+        lora=LoraSettings(r=8, alpha=16, dropout=0.0),
+        max_length=128,
+        batch_size=2,
+        save_steps=2,
+        logging_steps=1,
+        rounds={"r1": rnd},
+    )
 
 
 def assistant_loss(model, tokenizer, template: str) -> float:
@@ -146,8 +158,16 @@ def test_adapter_reloads_merges_and_exports_with_the_same_logits(sft_run: dict, 
     assert torch.allclose(adapter, merged, atol=1e-4)
     assert not torch.allclose(adapter, base, atol=1e-3)
     out = sft_run["work"] / "merged"
-    cmd = [sys.executable, "-m", "tunefold.cli", "export", str(sft_run["work"] / "adapter"), str(out),
-           "--base", str(base_model)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunefold.cli",
+        "export",
+        str(sft_run["work"] / "adapter"),
+        str(out),
+        "--base",
+        str(base_model),
+    ]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     with torch.no_grad():
         exported = load_model(out)(ids).logits
@@ -169,19 +189,82 @@ def test_dpo_raises_the_reward_margin(sft_run: dict, base_model: Path) -> None:
     from tunefold.train.models import load_trained
 
     work = sft_run["work"]
-    cfg = DPOSettings(init=str(work / "adapter"), data=str(sft_run["data"]), beta=0.1, epochs=1,
-                      learning_rate=5e-4, max_steps=8, batch_size=2, max_length=128)  # fmt: skip
+    cfg = DPOSettings(
+        init=str(work / "adapter"),
+        data=str(sft_run["data"]),
+        beta=0.1,
+        epochs=1,
+        learning_rate=5e-4,
+        max_steps=8,
+        batch_size=2,
+        max_length=128,
+    )
     m = train_dpo(cfg, sft_run["cfg"], base_model, work / "dpo", work / "dpo_ckpt", work / "dpo.tsv")
     assert m["pairs"] == len(QA) and m["steps"] == 8
     assert m["last_reward_margin"] > m["first_reward_margin"] + 0.05, m
-    assert json.loads((work / "dpo" / "stack.json").read_text())["merged_adapters"] == [str(work / "adapter")]
-    load_trained(base_model, work / "dpo")  # base + SFT merged + DPO adapter
-    half = train_dpo(cfg.model_copy(update={"data_fraction": 0.5, "max_steps": 1}), sft_run["cfg"], base_model,
-                     work / "dpo_half", work / "dpo_half_ckpt", work / "dpo_half.tsv")  # fmt: skip
+    assert not (work / "dpo" / "ref").exists()  # the frozen reference copy is not part of the output
+    load_trained(base_model, work / "dpo")  # base + the DPO-trained SFT adapter
+    half = train_dpo(
+        cfg.model_copy(update={"data_fraction": 0.5, "max_steps": 1}),
+        sft_run["cfg"],
+        base_model,
+        work / "dpo_half",
+        work / "dpo_half_ckpt",
+        work / "dpo_half.tsv",
+    )
     assert half["pairs"] == len(QA) // 2
     with pytest.raises(InputError, match="no preference pairs from nope"):
-        train_dpo(cfg.model_copy(update={"sources": ["nope"]}), sft_run["cfg"], base_model, work / "x", work / "y",
-                  work / "z.tsv")  # fmt: skip
+        train_dpo(
+            cfg.model_copy(update={"sources": ["nope"]}),
+            sft_run["cfg"],
+            base_model,
+            work / "x",
+            work / "y",
+            work / "z.tsv",
+        )
+
+
+def test_dpo_reference_is_the_sft_model_before_and_after_training(sft_run: dict, base_model: Path) -> None:
+    """trl's reference log-probs equal those of the SFT model (base + SFT adapter merged, loaded on its own), not the
+    base model's, and stay so after the policy has trained (the reference adapter is frozen). No 4-bit on the CPU:
+    the adapter logic is the same one QLoRA uses, with nothing merged into quantised weights."""
+    import torch
+
+    from tasks.dpo import dpo_trainer, preference_dataset
+    from tunefold.data.records import read_records
+    from tunefold.train.device import plan_device
+    from tunefold.train.models import load_model, load_tokenizer, load_trained
+    from tunefold.train.training import training_template
+
+    work = sft_run["work"]
+    cfg = DPOSettings(
+        init=str(work / "adapter"), data=str(sft_run["data"]), learning_rate=5e-3, max_steps=2, max_length=128
+    )
+    tokenizer = load_tokenizer(base_model)
+    tokenizer.chat_template = training_template(tokenizer)[0]
+    dataset = preference_dataset(read_records(sft_run["data"]))
+    trainer = dpo_trainer(cfg, sft_run["cfg"], plan_device("cpu"), base_model, work / "ref_ckpt", dataset, tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+
+    def summed_logps(model: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        token_logps = logits.log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+        return (token_logps * batch["completion_mask"][:, 1:]).sum(1)
+
+    def reference() -> torch.Tensor:
+        trainer.model.eval()
+        return torch.cat(trainer.compute_ref_log_probs(trainer.model, batch))
+
+    sft, base = summed_logps(load_trained(base_model, work / "adapter")), summed_logps(load_model(base_model))
+    assert (sft - base).abs().max() > 0.5  # the SFT delta is large enough for the check to mean something
+    assert torch.allclose(reference(), sft, atol=1e-3), (reference(), sft)
+    trainer.train()
+    assert torch.allclose(reference(), sft, atol=1e-3)
+    trainer.model.eval()
+    with torch.no_grad():
+        policy = summed_logps(trainer.model)
+    assert (policy - sft).abs().max() > 0.05  # the policy moved, the reference did not
 
 
 def test_packed_batches_match_separate_sequences(base_model: Path) -> None:
@@ -216,11 +299,17 @@ def test_bad_inputs_get_clear_errors(base_model: Path, tmp_path: Path) -> None:
     cases = [
         (config(empty, base_model), base_model, "is empty: nothing to train on"),
         (config(data, base_model), tmp_path / "no-model", "does not exist|neither"),
-        (config(data, base_model).model_copy(update={"lora": LoraSettings(target_modules=["q_proj", "qkv_magic"])}),
-         base_model, "qkv_magic not found in LlamaForCausalLM; its projection modules are: down_proj"),
-        (config(data, base_model).model_copy(update={"max_length": 16, "overlong": "reject"}), base_model,
-         "no conversation fits train.max_length=16"),
-    ]  # fmt: skip
+        (
+            config(data, base_model).model_copy(update={"lora": LoraSettings(target_modules=["q_proj", "qkv_magic"])}),
+            base_model,
+            "qkv_magic not found in LlamaForCausalLM; its projection modules are: down_proj",
+        ),
+        (
+            config(data, base_model).model_copy(update={"max_length": 16, "overlong": "reject"}),
+            base_model,
+            "no conversation fits train.max_length=16",
+        ),
+    ]
     for cfg, base, message in cases:
         with pytest.raises(InputError, match=message):
             train_sft(cfg, "r1", base, tmp_path / "out", tmp_path / "ck", tmp_path / "c.tsv")
@@ -230,8 +319,13 @@ def test_overlong_rows_are_counted_or_rejected(base_model: Path, tmp_path: Path)
     from tasks.sft import train_sft
 
     data = write_data(tmp_path / "d.jsonl")
-    long = make_record([Message(role="user", content="Tell me a long story."),
-                        Message(role="assistant", content="Once upon a time " * 60)], "t:long")  # fmt: skip
+    long = make_record(
+        [
+            Message(role="user", content="Tell me a long story."),
+            Message(role="assistant", content="Once upon a time " * 60),
+        ],
+        "t:long",
+    )
     with data.open("a") as f:
         f.write(long.model_dump_json() + "\n")
     cfg = config(data, base_model, max_steps=1)
@@ -247,20 +341,34 @@ def test_overlong_rows_are_counted_or_rejected(base_model: Path, tmp_path: Path)
 # --- kill and resume ---------------------------------------------------------------------------------------------
 
 
-def stage_params(tmp_path: Path, data: Path, base: Path, lr: float) -> Path:
-    params = {
-        "ingest": {"sources": [{"path": "unused.jsonl"}]},
-        "train": config(data, base, max_steps=8, learning_rate=lr).model_dump(mode="json"),
-    }
+def stage_params(tmp_path: Path, data: Path, base: Path, lr: float, processes: int = 1) -> Path:
+    train = config(data, base, max_steps=8, learning_rate=lr).model_copy(update={"processes": processes})
+    params = {"ingest": {"sources": [{"path": "unused.jsonl"}]}, "train": train.model_dump(mode="json")}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
 
 
 def run_sft(tmp_path: Path, params: Path, base: Path, env: dict | None = None, **popen) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tasks.sft", "--params", str(params), "--round", "r1", "--base", str(base),
-           "--out", str(tmp_path / "adapter"), "--checkpoints", str(tmp_path / "ckpt"),
-           "--curve", str(tmp_path / "loss.tsv"), "--metrics", str(tmp_path / "m.json")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tasks.sft",
+        "--params",
+        str(params),
+        "--round",
+        "r1",
+        "--base",
+        str(base),
+        "--out",
+        str(tmp_path / "adapter"),
+        "--checkpoints",
+        str(tmp_path / "ckpt"),
+        "--curve",
+        str(tmp_path / "loss.tsv"),
+        "--metrics",
+        str(tmp_path / "m.json"),
+    ]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, **popen)
 
 
@@ -281,17 +389,16 @@ def test_a_checkpoint_torn_by_a_kill_while_saving_is_skipped(tmp_path: Path) -> 
     assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-2", "run.json"]
 
 
-def test_data_parallel_launch_trains_with_two_ranks_and_writes_once(base_model: Path, tmp_path: Path) -> None:
-    """The multi-GPU path (`accelerate launch` is torchrun underneath) on two CPU ranks over gloo: DDP runs the same
-    stage code, rank 0 alone writes the adapter, checkpoints, curve and metrics."""
+def test_training_stage_launches_itself_on_two_ranks_and_writes_once(base_model: Path, tmp_path: Path) -> None:
+    """`train.processes: 2` makes the plain stage command (what dvc.yaml, the flow and `tunefold stage` run) start
+    two data-parallel ranks, gloo on the CPU as NCCL would be on GPUs; rank 0 alone writes the adapter,
+    checkpoints, curve and metrics."""
     data = write_data(tmp_path / "d.jsonl")
-    params = stage_params(tmp_path, data, base_model, 1e-3)
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m"]
-    cmd = [*torchrun, "tasks.sft", "--params", str(params), "--round", "r1", "--base", str(base_model),
-           "--out", str(tmp_path / "adapter"), "--checkpoints", str(tmp_path / "ckpt"),
-           "--curve", str(tmp_path / "loss.tsv"), "--metrics", str(tmp_path / "m.json")]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    params = stage_params(tmp_path, data, base_model, 1e-3, processes=2)
+    proc = run_sft(tmp_path, params, base_model, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    assert "launching tasks.sft on 2 ranks" in err
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["processes"] == 2 and m["steps"] == 8 and m["last_loss"] < m["first_loss"]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
@@ -299,6 +406,16 @@ def test_data_parallel_launch_trains_with_two_ranks_and_writes_once(base_model: 
     steps = [int(line.split("\t")[0]) for line in (tmp_path / "loss.tsv").read_text().splitlines()[1:]]
     assert steps == list(range(1, 9))
     assert not list(tmp_path.glob("adapter.*")) and not list(tmp_path.glob(".adapter*"))  # no half-written copies
+
+
+def test_a_rank_that_fails_ends_the_launch_with_its_message(base_model: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    params = stage_params(tmp_path, empty, base_model, 1e-3, processes=2)
+    proc = run_sft(tmp_path, params, base_model, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "launching tasks.sft on 2 ranks" in err
+    assert "is empty: nothing to train on" in err and "Traceback" not in err
 
 
 def test_sigkill_mid_training_resumes_to_the_same_step_count(base_model: Path, tmp_path: Path) -> None:
@@ -328,6 +445,12 @@ def test_sigkill_mid_training_resumes_to_the_same_step_count(base_model: Path, t
     assert m["steps"] == 8 and m["resumed_from_step"] >= 4
     steps = [int(line.split("\t")[0]) for line in (tmp_path / "loss.tsv").read_text().splitlines()[1:]]
     assert steps == list(range(1, 9))  # the curve spans both runs
-    forced = run_sft(tmp_path, changed, base_model, env={"TUNEFOLD_FORCE_RESTART": "1"}, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)  # fmt: skip
+    forced = run_sft(
+        tmp_path,
+        changed,
+        base_model,
+        env={"TUNEFOLD_FORCE_RESTART": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     assert forced.wait() == 0  # the finished run is never resumed: new params start fresh without forcing

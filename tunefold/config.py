@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -181,6 +181,11 @@ class TrainConfig(Section):
         "auto", description="auto: flash_attention_2 on CUDA when flash-attn is installed, else sdpa"
     )
     qlora: bool = Field(False, description="4-bit base weights via bitsandbytes (CUDA only)")
+    processes: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="data-parallel ranks the training stages launch themselves as; auto: one per visible GPU "
+        "(1 on the CPU). N > 1 on the CPU runs N gloo ranks",
+    )
     chat_template: str | None = Field(
         None, description="a Jinja template with {% generation %} markers, for model families the project lacks"
     )
@@ -188,7 +193,7 @@ class TrainConfig(Section):
 
 
 class DPOSettings(Section):
-    init: str = Field(description="the SFT adapter DPO starts from (merged in memory; it is also the reference)")
+    init: str = Field(description="the SFT adapter DPO trains on from; a frozen copy of it is the reference")
     data: str = Field(description="records JSONL; rows with a `rejected` answer are the preference pairs")
     sources: list[str] = Field(
         default_factory=list, description="only pairs from these ingest source names (empty: all)"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tunefold.config import DEFAULT_PARAMS, Params, load_params
 from tunefold.errors import TunefoldError
 from tunefold.io import write_json
+from tunefold.train.launch import is_rank, launch_ranks
 
 if TYPE_CHECKING:
     from tunefold.llm import Gateway
@@ -64,9 +65,13 @@ def stage_main(
     add_arguments: Callable[[argparse.ArgumentParser], None],
     run: Callable[[StageContext, argparse.Namespace], dict[str, Any]],
     argv: Sequence[str] | None = None,
+    processes: Callable[[Params], int] | None = None,
 ) -> int:
     """Parse args, load params, run the stage, write its metrics JSON (with the gateway's cache hits, tokens and
-    cost when the stage called an LLM); turn user errors into one clear line."""
+    cost when the stage called an LLM); turn user errors into one clear line.
+
+    A stage that gives `processes` (training) re-runs itself as that many data-parallel ranks when it is more than
+    one; rank 0 then writes the metrics."""
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{name}", description=doc)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="parameters file (default: %(default)s)")
     parser.add_argument("--metrics", type=Path, help="where to write this stage's metrics JSON")
@@ -78,6 +83,9 @@ def stage_main(
     ctx = None
     try:
         ctx = StageContext(name, load_params(args.params))
+        n = processes(ctx.params) if processes and not is_rank() else 1
+        if n > 1:
+            return launch_ranks(f"tasks.{name}", list(sys.argv[1:] if argv is None else argv), n)
         metrics = run(ctx, args)
     except TunefoldError as e:
         print(f"error: {name}: {e}", file=sys.stderr)
@@ -87,7 +95,7 @@ def stage_main(
     if llm is not None:
         metrics["llm"] = llm
     metrics["seconds"] = round(time.perf_counter() - start, 3)
-    if args.metrics and int(os.environ.get("RANK", "0")) == 0:  # one writer under `accelerate launch`
+    if args.metrics and int(os.environ.get("RANK", "0")) == 0:  # one writer under a distributed launch
         write_json(args.metrics, metrics)
     log.info("%s done in %.1fs", name, metrics["seconds"])
     return 0

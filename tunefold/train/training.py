@@ -19,6 +19,7 @@ from tunefold.config import LoraSettings, TrainConfig
 from tunefold.errors import InputError
 from tunefold.io import atomic_dir, write_json, write_text
 from tunefold.train.device import DevicePlan, peak_memory_gb
+from tunefold.train.launch import world_size
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -194,10 +195,20 @@ class ResumeGuard:
 
     FILE = "run.json"
 
-    def __init__(self, ckpt_dir: Path, fp: str, force: bool) -> None:
-        self.dir, self.fp, self.force = ckpt_dir, fp, force
+    def __init__(self, ckpt_dir: Path, fp: str, force: bool, cpu: bool = True) -> None:
+        self.dir, self.fp, self.force, self.cpu = ckpt_dir, fp, force, cpu
 
     def resume_point(self) -> str | None:
+        """Under a distributed launch rank 0 decides first (it may remove a torn checkpoint or start over) and the
+        other ranks then read what it left, so every rank resumes from the same step."""
+        if world_size() == 1:
+            return self._decide()
+        from accelerate import PartialState
+
+        with PartialState(cpu=self.cpu).main_process_first():
+            return self._decide()
+
+    def _decide(self) -> str | None:
         state_file = self.dir / self.FILE
         state = json.loads(state_file.read_text()) if state_file.exists() else None
         last = self._last_complete_checkpoint()
@@ -265,7 +276,7 @@ def train_and_save(
     resume: str | None,
     out_dir: Path,
     curve_path: Path,
-    write_extra: Callable[[Path], None],
+    write_extra: Callable[[Path], None] | None = None,
 ) -> dict[str, Any] | None:
     """Train (from `resume` if set); then, on the main process only, write the adapter, tokenizer and `write_extra`
     files atomically, mark the run finished and write the loss curve. Returns the metrics SFT and DPO share
@@ -275,14 +286,17 @@ def train_and_save(
     seconds = time.perf_counter() - start
     if not is_main_process():
         return None
-    with atomic_dir(out_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
+    model = trainer.model
+    adapters = getattr(model, "peft_config", {})
+    with atomic_dir(out_dir) as tmp:  # the trained adapter only, not DPO's frozen reference copy
+        model.save_pretrained(tmp, **({"selected_adapters": [model.active_adapter]} if len(adapters) > 1 else {}))
         tokenizer.save_pretrained(tmp)
-        write_extra(tmp)
+        if write_extra:
+            write_extra(tmp)
     guard.complete()
     return {
         "steps": trainer.state.global_step,
-        "processes": int(os.environ.get("WORLD_SIZE", "1")),  # data-parallel ranks of an accelerate/torchrun launch
+        "processes": world_size(),  # data-parallel ranks
         "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0,
         "train_loss": round(result.training_loss, 4),
         "seconds_training": round(seconds, 1),
