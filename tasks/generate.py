@@ -3,10 +3,13 @@
 MT-Bench answers go to FastChat's model_answer layout (`<model_id>.jsonl`), FLASK answers to `{idx, model_id,
 answer}` rows.
 
-Turn 1 is answered first; turn 2 is generated with the whole conversation (question 1, the model's own answer,
-question 2), at MT-Bench's per-category temperature. Local models generate in batches with transformers; a
-`base_url` generates through that OpenAI-compatible endpoint (via the gateway). Answers are appended question
-by question, so a killed run continues where it stopped; a changed model or setting starts the file afresh.
+Turn 2 is generated with the whole conversation (question 1, the model's own answer, question 2), at MT-Bench's
+per-category temperature. Local models generate in batches (turn 1 of a batch, then its turn 2) with
+transformers, or with one offline vLLM engine (`eval.backend: vllm`). A `base_url` generates through that
+OpenAI-compatible endpoint (via the gateway): every question is its own conversation, `concurrency` of them in
+flight, each turn sent as soon as the previous reply is back, so a slow question holds back no other. Answers are
+appended as questions finish, so a killed run continues where it stopped, and the file is put in question order
+at the end; a changed model or setting starts the file afresh.
 
 With `eval.fanout` on, a local model's answers are split over Dask workers (each loads the model once and answers
 every `n`-th item into its own part file); the parts are folded into the answers file in item order, also after a
@@ -16,35 +19,40 @@ killed run. Greedy answers are the same as in one process; sampled ones depend o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig
 from tunefold.eval.flask import load_instances
+from tunefold.eval.generation import Answerer
 from tunefold.eval.mtbench import TEMPERATURE, answer_row, load_questions
 from tunefold.io import read_appended, write_jsonl
 from tunefold.pipeline.fanout import fan_out
 from tunefold.pipeline.stage import StageContext, log, stage_main
 from tunefold.train.training import file_hash, fingerprint
 
-# (conversations, temperatures) -> (text, new tokens, stopped at the end-of-turn token) per conversation
-Answerer = Callable[[list[list[dict[str, str]]], list[float]], list[tuple[str, int, bool]]]
+# one turn through an endpoint: (conversation so far, temperature) -> (text, new tokens, the call succeeded)
+Chat = Callable[[list[dict[str, str]], float], tuple[str, int, bool]]
 
 
 def _fingerprint(cfg: EvalConfig, who: CandidateSettings, questions_file: Path) -> str:
     adapter = Path(who.adapter) / "adapter_model.safetensors" if who.adapter else None
+    vllm = cfg.local_backend == "vllm" and not who.base_url  # another engine may answer differently
     return fingerprint(
-        who=who.model_dump(),
+        who=who.model_dump(exclude={"concurrency"}),  # how many are in flight does not change an answer
         weights=file_hash(adapter) if adapter and adapter.exists() else None,
         questions=file_hash(questions_file),
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
+        **({"backend": "vllm"} if vllm else {}),
     )
 
 
@@ -108,6 +116,102 @@ def answer_items(
     }
 
 
+def answer_concurrently(
+    chat: Chat,
+    items: list[Item],
+    path: Path,
+    fp: str,
+    row: Callable[[Item, list[str]], dict[str, Any]],
+    concurrency: int,
+    label: str,
+) -> dict[str, Any]:
+    """Answer every item not yet in `path` as its own conversation, with `concurrency` conversations in flight.
+
+    An endpoint batches whatever is in flight, so there is no per-batch or per-turn wait here: an item's next
+    turn goes out as soon as its previous reply is back, and each finished item is appended at once, in the order
+    they finish. Only this thread writes the file, one whole line per item. When all are done the file is
+    rewritten in item order, so readers and diffs see the same layout as a batched run.
+    """
+    _open_answers(path, fp)
+    done = _done_keys(path)
+    todo = [it for it in items if it.key not in done]
+    log.info(
+        "%s: %d items, %d already answered, %d in flight at once",
+        label,
+        len(items),
+        len(items) - len(todo),
+        concurrency,
+    )
+    start, tokens, stopped, turns, failed = time.perf_counter(), 0, 0, 0, 0
+    written: set[Future[Any]] = set()
+
+    def converse(it: Item) -> tuple[Item, list[str], int, int]:
+        conv: list[dict[str, str]] = []
+        replies: list[str] = []
+        n_tokens = n_ok = 0
+        for turn in it.turns:
+            conv.append({"role": "user", "content": turn})
+            text, n, ok = chat(list(conv), it.temperature)
+            conv.append({"role": "assistant", "content": text})
+            replies.append(text)
+            n_tokens, n_ok = n_tokens + n, n_ok + ok
+        return it, replies, n_tokens, n_ok
+
+    def keep(fut: Future[Any]) -> None:
+        nonlocal tokens, stopped, turns, failed
+        it, replies, n, ok = fut.result()
+        _append(path, [row(it, replies)])
+        written.add(fut)
+        tokens, stopped, turns, failed = tokens + n, stopped + ok, turns + len(replies), failed + len(replies) - ok
+
+    pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(todo))), thread_name_prefix="answer")
+    futures = [pool.submit(converse, it) for it in todo]
+    step = max(1, len(todo) // 20)
+    try:
+        for k, fut in enumerate(as_completed(futures), 1):
+            keep(fut)
+            if k % step == 0 or k == len(todo):
+                log.info("%s: %d/%d answered (%.0fs)", label, k, len(todo), time.perf_counter() - start)
+    except BaseException as exc:
+        # a dead endpoint: let the conversations in flight end and keep those that finish; Ctrl-C: stop now
+        pool.shutdown(wait=not isinstance(exc, KeyboardInterrupt), cancel_futures=True)
+        for fut in futures:
+            if fut not in written and fut.done() and not fut.cancelled() and fut.exception() is None:
+                keep(fut)
+        raise
+    pool.shutdown()
+    if failed:
+        log.warning("%s: %d turns failed after retries and were recorded as empty answers", label, failed)
+    _put_in_order(path, items)
+    took = time.perf_counter() - start
+    return {
+        "items": len(items),
+        "generated": len(todo),
+        "resumed": len(items) - len(todo),
+        "new_tokens": tokens,
+        "turns": turns,
+        "stopped": stopped,
+        "failed_turns": failed,
+        "concurrency": concurrency,
+        "tokens_per_second": round(tokens / took, 1) if todo else None,
+        "stopped_fraction": round(stopped / turns, 3) if turns else None,
+    }
+
+
+def _in_order(rows: list[dict[str, Any]], items: list[Item]) -> list[dict[str, Any]]:
+    """Rows in item order; rows of items not asked for this time (another question subset) keep their place
+    at the end."""
+    order = {it.key: i for i, it in enumerate(items)}
+    return sorted(rows, key=lambda r: order.get(_key(r), len(order)))
+
+
+def _put_in_order(path: Path, items: list[Item]) -> None:
+    rows = read_appended(path)
+    ordered = _in_order(rows, items)
+    if ordered != rows:
+        write_jsonl(path, ordered)  # atomic: a kill leaves the old file, complete
+
+
 def _open_answers(path: Path, fp: str) -> None:
     """Make `path` hold only answers under fingerprint `fp`, ending on a whole line."""
     marker = path.with_name(f".{path.stem}.fingerprint")
@@ -165,8 +269,7 @@ def _fold_parts(job: Job) -> int:
             for r in read_appended(part):
                 moved += _key(r) not in rows
                 rows.setdefault(_key(r), r)
-    order = {it.key: i for i, it in enumerate(job.items)}
-    write_jsonl(job.path, sorted(rows.values(), key=lambda r: order.get(_key(r), len(order))))
+    write_jsonl(job.path, _in_order(list(rows.values()), job.items))
     for part in _parts(job.path):  # only once their rows are safely in the answers file
         part.with_name(f".{part.stem}.fingerprint").unlink(missing_ok=True)
         part.unlink()
@@ -243,22 +346,31 @@ def _local_answerer(cfg: EvalConfig, who: CandidateSettings, base_dir: Path) -> 
     return answer
 
 
-def _endpoint_answerer(ctx: StageContext, who: CandidateSettings) -> Answerer:
+def _endpoint_chat(ctx: StageContext, who: CandidateSettings) -> Chat:
+    """One turn of one conversation through the gateway (cache, retries, breaker), `who.concurrency` at most in
+    flight to the endpoint."""
     from tunefold.llm import ChatRequest
 
     cfg = ctx.params.eval
     gw = ctx.gateway
     role = f"candidate:{who.model_id}"
     gw.add_role(
-        role, EndpointConfig(base_url=who.base_url, model=who.model, max_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        role,
+        EndpointConfig(
+            base_url=who.base_url,
+            model=who.model,
+            max_tokens=cfg.max_new_tokens,
+            seed=cfg.seed,
+            concurrency=who.concurrency,
+        ),
     )
+    gw.endpoint(role)  # connect in this thread, not in a conversation's
 
-    def answer(convs: list[list[dict[str, str]]], temps: list[float]) -> list[tuple[str, int, bool]]:
-        reqs = [ChatRequest(messages=c, temperature=t) for c, t in zip(convs, temps, strict=True)]
-        results = gw.batch(role, reqs, desc=f"answers of {who.model_id}")
-        return [(r.text or "", r.usage.get("completion_tokens", 0), r.ok) for r in results]
+    def chat(messages: list[dict[str, str]], temperature: float) -> tuple[str, int, bool]:
+        result = gw.chat(role, ChatRequest(messages=messages, temperature=temperature))
+        return result.text or "", result.usage.get("completion_tokens", 0), result.ok
 
-    return answer
+    return chat
 
 
 def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -> dict[str, Any]:
@@ -269,34 +381,62 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
     instances = load_instances(ffile, cfg.flask.limit)
     mt_items = [Item(q.question_id, q.turns, TEMPERATURE.get(q.category, 0.7)) for q in questions]
     flask_items = [Item(i.idx, [i.instruction], 0.0) for i in instances]
+    local = [who for who in (cfg.candidate, cfg.baseline) if not who.base_url]
+    vllm = cfg.local_backend == "vllm" and bool(local)
+    if vllm:
+        from tunefold.eval.vllm_engine import VllmEngine, require_vllm
+
+        require_vllm()  # now, not after the candidate's answers
+        if cfg.fanout.active:
+            log.info("eval.backend vllm: one engine in this process answers; eval.fanout still spreads judging")
     metrics: dict[str, Any] = {}
-    for who in (cfg.candidate, cfg.baseline):
-        jobs = [
-            Job(
-                f"mt_bench/{who.model_id}",
-                mt_items,
-                mt_dir / f"{who.model_id}.jsonl",
-                _fingerprint(cfg, who, qfile),
-                lambda it, r, m=who.model_id: answer_row(it.key, m, r, time.time()),
-            ),
-            Job(
-                f"flask/{who.model_id}",
-                flask_items,
-                flask_dir / f"{who.model_id}.jsonl",
-                _fingerprint(cfg, who, ffile),
-                lambda it, r, m=who.model_id: {"idx": it.key, "model_id": m, "answer": r[0]},
-            ),
-        ]
-        if cfg.fanout.active and not who.base_url:
-            metrics |= _fanned_out(cfg, who, base_dir, jobs)
-            continue
-        answer = _endpoint_answerer(ctx, who) if who.base_url else _local_answerer(cfg, who, base_dir)
-        for job in jobs:
-            metrics[job.label] = answer_items(answer, job.items, job.path, job.fp, job.row, cfg.batch_size, job.label)
-    if not (cfg.candidate.base_url and cfg.baseline.base_url):  # a local model answered: where and how
+    with contextlib.ExitStack() as resources:
+        engine = None
+        for who in (cfg.candidate, cfg.baseline):
+            jobs = [
+                Job(
+                    f"mt_bench/{who.model_id}",
+                    mt_items,
+                    mt_dir / f"{who.model_id}.jsonl",
+                    _fingerprint(cfg, who, qfile),
+                    lambda it, r, m=who.model_id: answer_row(it.key, m, r, time.time()),
+                ),
+                Job(
+                    f"flask/{who.model_id}",
+                    flask_items,
+                    flask_dir / f"{who.model_id}.jsonl",
+                    _fingerprint(cfg, who, ffile),
+                    lambda it, r, m=who.model_id: {"idx": it.key, "model_id": m, "answer": r[0]},
+                ),
+            ]
+            if who.base_url:
+                chat = _endpoint_chat(ctx, who)
+                for job in jobs:
+                    metrics[job.label] = answer_concurrently(
+                        chat, job.items, job.path, job.fp, job.row, who.concurrency, job.label
+                    )
+            elif vllm:
+                if engine is None:  # one engine for every local model: adapters are LoRA requests on it
+                    engine = resources.enter_context(VllmEngine(base_dir, cfg, [w.adapter for w in local]))
+                answer = engine.answerer(who.adapter)
+                for job in jobs:  # all of a job's turn 1 in one call, then its turn 2: vLLM schedules the batch
+                    size = max(len(job.items), 1)
+                    metrics[job.label] = answer_items(answer, job.items, job.path, job.fp, job.row, size, job.label)
+            elif cfg.fanout.active:
+                metrics |= _fanned_out(cfg, who, base_dir, jobs)
+            else:
+                answer = _local_answerer(cfg, who, base_dir)
+                for job in jobs:
+                    metrics[job.label] = answer_items(
+                        answer, job.items, job.path, job.fp, job.row, cfg.batch_size, job.label
+                    )
+    if local:  # a local model answered: where and how
         from tunefold.train.device import peak_memory_gb, plan_device
 
-        metrics["runtime"] = plan_device(cfg.device).describe() | {"peak_gpu_memory_gb": peak_memory_gb()}
+        metrics["runtime"] = plan_device(cfg.device).describe() | {
+            "backend": cfg.local_backend,
+            "peak_gpu_memory_gb": None if vllm else peak_memory_gb(),  # vLLM's engine runs in its own process
+        }
     return metrics
 
 

@@ -214,6 +214,12 @@ class CandidateSettings(Section):
     adapter: str | None = Field(None, description="adapter directory on top of models/base (None: the base itself)")
     base_url: str | None = Field(None, description="generate through this OpenAI-compatible endpoint instead")
     model: str | None = Field(None, description="model id at base_url")
+    concurrency: int = Field(
+        8,
+        ge=1,
+        description="with base_url: conversations in flight at once (each question's turns in order); raise it "
+        "to 32-64 for a vLLM server, which batches what is in flight",
+    )
 
 
 class MTBenchSettings(Section):
@@ -260,6 +266,16 @@ class EvalConfig(Section):
         "auto", description="where local models answer: CUDA in bf16 when torch can use it, else the CPU in fp32"
     )
     fanout: FanoutSettings = FanoutSettings()
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        "auto",
+        description="what answers for a model without base_url: hf (transformers, batched; what auto picks) or vllm "
+        "(an offline vLLM engine on models/base, adapters as LoRA; needs the vllm package and a GPU)",
+    )
+
+    @property
+    def local_backend(self) -> Literal["hf", "vllm"]:
+        """The backend local models answer with: auto is transformers (vLLM only when asked for)."""
+        return "vllm" if self.backend == "vllm" else "hf"
 
 
 TASK_TYPES = (

@@ -7,7 +7,7 @@ ones); sampled batches are seeded, so a re-run gives the same text.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
+
+# (conversations, temperatures) -> (text, new tokens, stopped at the end-of-turn token) per conversation: what a
+# local backend (transformers here, vLLM in vllm_engine) gives `generate` for one batch of turns
+Answerer = Callable[[list[list[dict[str, str]]], list[float]], list[tuple[str, int, bool]]]
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,13 @@ class Generated:
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every end-of-turn token of the model: its generation config may list several (Llama 3 ends a turn with
     <|eot_id|> and the text with <|end_of_text|>); the tokenizer's own eos alone would let answers run on."""
-    configured = model.generation_config.eos_token_id
-    ids = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
+    return end_of_turn_ids(tokenizer.eos_token_id, model.generation_config.eos_token_id)
+
+
+def end_of_turn_ids(tokenizer_eos: int | None, configured: int | list[int] | None) -> list[int]:
+    """The tokenizer's eos and the generation config's eos (one id or a list), each once, in that order; shared by
+    the transformers and vLLM backends so both stop at the same tokens."""
+    ids = [tokenizer_eos, *(configured if isinstance(configured, list) else [configured])]
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,18 +138,22 @@ def load_trained(
 ) -> PreTrainedModel:
     """Base model plus a trained adapter (and the adapters merged under it, per its stack.json), merged, on the
     plan's device and dtype (no plan: the CPU in fp32)."""
-    import json
-
     from peft import PeftModel
 
     model = load_model(base_dir, plan)
     if adapter_dir is None:
         return model
+    for path in adapter_stack(adapter_dir):
+        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    return model
+
+
+def adapter_stack(adapter_dir: str | Path) -> list[Path]:
+    """The adapters a trained adapter stands for, in merge order: those its stack.json lists (merged into the base
+    before it was trained, e.g. the SFT adapter under DPO's), then itself."""
     adapter = Path(adapter_dir)
     if not (adapter / "adapter_config.json").exists():
         raise InputError(f"{adapter}: not a LoRA adapter directory")
     stack = adapter / STACK_FILE
     below = json.loads(stack.read_text())["merged_adapters"] if stack.exists() else []
-    for path in [*below, str(adapter)]:
-        model = PeftModel.from_pretrained(model, path).merge_and_unload()
-    return model
+    return [*map(Path, below), adapter]
