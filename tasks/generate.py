@@ -19,7 +19,6 @@ killed run. Greedy answers are the same as in one process; sampled ones depend o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -390,46 +389,45 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
         if cfg.fanout.active:
             log.info("eval.backend vllm: one engine in this process answers; eval.fanout still spreads judging")
     metrics: dict[str, Any] = {}
-    with contextlib.ExitStack() as resources:
-        engine = None
-        for who in (cfg.candidate, cfg.baseline):
-            jobs = [
-                Job(
-                    f"mt_bench/{who.model_id}",
-                    mt_items,
-                    mt_dir / f"{who.model_id}.jsonl",
-                    _fingerprint(cfg, who, qfile),
-                    lambda it, r, m=who.model_id: answer_row(it.key, m, r, time.time()),
-                ),
-                Job(
-                    f"flask/{who.model_id}",
-                    flask_items,
-                    flask_dir / f"{who.model_id}.jsonl",
-                    _fingerprint(cfg, who, ffile),
-                    lambda it, r, m=who.model_id: {"idx": it.key, "model_id": m, "answer": r[0]},
-                ),
-            ]
-            if who.base_url:
-                chat = _endpoint_chat(ctx, who)
-                for job in jobs:
-                    metrics[job.label] = answer_concurrently(
-                        chat, job.items, job.path, job.fp, job.row, who.concurrency, job.label
-                    )
-            elif vllm:
-                if engine is None:  # one engine for every local model: adapters are LoRA requests on it
-                    engine = resources.enter_context(VllmEngine(base_dir, cfg, [w.adapter for w in local]))
-                answer = engine.answerer(who.adapter)
-                for job in jobs:  # all of a job's turn 1 in one call, then its turn 2: vLLM schedules the batch
-                    size = max(len(job.items), 1)
-                    metrics[job.label] = answer_items(answer, job.items, job.path, job.fp, job.row, size, job.label)
-            elif cfg.fanout.active:
-                metrics |= _fanned_out(cfg, who, base_dir, jobs)
-            else:
-                answer = _local_answerer(cfg, who, base_dir)
-                for job in jobs:
-                    metrics[job.label] = answer_items(
-                        answer, job.items, job.path, job.fp, job.row, cfg.batch_size, job.label
-                    )
+    engine = None
+    for who in (cfg.candidate, cfg.baseline):
+        jobs = [
+            Job(
+                f"mt_bench/{who.model_id}",
+                mt_items,
+                mt_dir / f"{who.model_id}.jsonl",
+                _fingerprint(cfg, who, qfile),
+                lambda it, r, m=who.model_id: answer_row(it.key, m, r, time.time()),
+            ),
+            Job(
+                f"flask/{who.model_id}",
+                flask_items,
+                flask_dir / f"{who.model_id}.jsonl",
+                _fingerprint(cfg, who, ffile),
+                lambda it, r, m=who.model_id: {"idx": it.key, "model_id": m, "answer": r[0]},
+            ),
+        ]
+        if who.base_url:
+            chat = _endpoint_chat(ctx, who)
+            for job in jobs:
+                metrics[job.label] = answer_concurrently(
+                    chat, job.items, job.path, job.fp, job.row, who.concurrency, job.label
+                )
+        elif vllm:
+            if engine is None:  # one engine for every local model: adapters are LoRA requests on it
+                engine = VllmEngine(base_dir, cfg, [w.adapter for w in local])
+            answer = engine.answerer(who.adapter)
+            for job in jobs:  # all of a job's turn 1 in one call, then its turn 2: vLLM schedules the batch
+                size = max(len(job.items), 1)
+                metrics[job.label] = answer_items(answer, job.items, job.path, job.fp, job.row, size, job.label)
+        elif cfg.fanout.active:
+            metrics |= _fanned_out(cfg, who, base_dir, jobs)
+        else:
+            answer = _local_answerer(cfg, who, base_dir)
+            for job in jobs:
+                metrics[job.label] = answer_items(
+                    answer, job.items, job.path, job.fp, job.row, cfg.batch_size, job.label
+                )
     if local:  # a local model answered: where and how
         from tunefold.train.device import peak_memory_gb, plan_device
 

@@ -1,5 +1,5 @@
 """Answer generation at scale: conversations through an endpoint (in flight together, no batch waiting for its
-slowest question, resumable), and what of the vLLM backend runs without a GPU (settings, stacked adapters)."""
+slowest question, resumable), and what of the vLLM backend runs without a GPU (settings, which adapters it can serve)."""
 
 from __future__ import annotations
 
@@ -210,43 +210,22 @@ def test_vllm_request_settings(tmp_path: Path) -> None:
         max_lora_rank(513)
 
 
-def test_stacked_adapters_become_one_lora_equal_to_merging_them(tmp_path: Path) -> None:
-    """A DPO-style stack (an SFT adapter on q/v merged under a rank-4 rsLoRA adapter on q/k/o) served as one LoRA
-    gives the same logits as merging the stack the way the transformers backend does; DoRA is refused."""
-    import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
+def test_vllm_serves_one_plain_lora_and_refuses_what_it_cannot(tmp_path: Path) -> None:
+    """vLLM gets an adapter as it is; a DoRA adapter, or a stacked DPO adapter of tunefold 0.1.0 (SFT merged under
+    it), is refused before the engine starts, with the way out."""
+    from tunefold.eval.vllm_engine import lora_rank
+    from tunefold.train.models import STACK_FILE
 
-    from tunefold.eval.vllm_engine import combine_stack
-    from tunefold.train.models import STACK_FILE, adapter_stack, load_trained
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
-    )
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "base")
-
-    def adapter(name: str, **lora: Any) -> Path:
-        model = LlamaForCausalLM.from_pretrained(tmp_path / "base")
-        peft = get_peft_model(model, LoraConfig(init_lora_weights=False, task_type="CAUSAL_LM", **lora))
-        peft.save_pretrained(tmp_path / name)
+    def adapter(name: str, **cfg: Any) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16} | cfg))
         return tmp_path / name
 
-    sft = adapter("sft", r=2, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    dpo = adapter("dpo", r=4, lora_alpha=4, use_rslora=True, target_modules=["q_proj", "k_proj", "o_proj"])
-    (dpo / STACK_FILE).write_text(json.dumps({"merged_adapters": [str(sft)]}))
-    assert adapter_stack(dpo) == [sft, dpo]
-
-    assert combine_stack(adapter_stack(dpo), tmp_path / "combined") == 6
-    ids = torch.tensor([[1, 5, 9, 13, 17]])
-    with torch.no_grad():
-        merged = load_trained(tmp_path / "base", dpo)(ids).logits
-        base = LlamaForCausalLM.from_pretrained(tmp_path / "base")
-        served = PeftModel.from_pretrained(base, tmp_path / "combined")(ids).logits
-        plain = LlamaForCausalLM.from_pretrained(tmp_path / "base")(ids).logits
-    assert not torch.allclose(merged, plain, atol=1e-3)  # the adapters do change the model
-    torch.testing.assert_close(served, merged, atol=1e-5, rtol=1e-4)
-
-    dora = adapter("dora", r=2, lora_alpha=4, use_dora=True, target_modules=["q_proj"])
-    with pytest.raises(InputError, match="DoRA"):
-        combine_stack([sft, dora], tmp_path / "refused")
+    assert lora_rank(adapter("plain")) == 8
+    assert lora_rank(adapter("pattern", rank_pattern={"q_proj": 32})) == 32
+    with pytest.raises(InputError, match="DoRA cannot be served"):
+        lora_rank(adapter("dora", use_dora=True))
+    stacked = adapter("old_dpo")
+    (stacked / STACK_FILE).write_text(json.dumps({"merged_adapters": [str(tmp_path / "plain")]}))
+    with pytest.raises(InputError, match="re-run the dpo stage"):
+        lora_rank(stacked)
