@@ -25,12 +25,12 @@ from tunefold.train.device import DevicePlan, plan_device, train_processes
 from tunefold.train.models import load_tokenizer
 from tunefold.train.training import (
     ResumeGuard,
+    choose_template,
     file_hash,
     fingerprint,
     load_base,
     schedule_args,
     train_and_save,
-    training_template,
 )
 
 
@@ -108,7 +108,8 @@ def train_dpo(
         raise InputError(f"dpo.init: {init} is not a LoRA adapter directory; run the SFT stage first")
     plan = plan_device(train.device, train.qlora, train.attn_implementation)
     tokenizer = load_tokenizer(base_dir)
-    tokenizer.chat_template = training_template(tokenizer, train.chat_template)[0]
+    # renders like the SFT rounds' template; DPO masks by prompt/chosen/rejected itself, so markers are not needed
+    tokenizer.chat_template = choose_template(tokenizer, train.chat_template).template
     pairs, by_source = select_pairs(read_records(Path(cfg.data), purpose="train on"), cfg, train.seed)
     dataset = preference_dataset(pairs)
 

@@ -1,7 +1,8 @@
 """Stage `sft@<round>`: LoRA supervised fine-tuning of one curriculum round with trl's SFTTrainer.
 
-Loss falls on assistant tokens only (the chat template's {% generation %} spans, end-of-turn token included);
-conversations are packed into blocks with no padding. A round continues from the previous round's adapter.
+Loss falls on assistant tokens only, end-of-turn token included: by the chat template's {% generation %} spans
+when a marked template exists, else by one prompt/completion sequence per assistant turn (`train.loss_mask`);
+sequences are packed into blocks with no padding. A round continues from the previous round's adapter.
 Checkpoints every `train.save_steps` steps make a killed run resume where it stopped.
 """
 
@@ -11,7 +12,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunefold.config import TrainConfig
 from tunefold.data.records import read_records
@@ -19,23 +20,50 @@ from tunefold.errors import InputError
 from tunefold.io import write_jsonl
 from tunefold.pipeline.stage import StageContext, log, stage_main
 from tunefold.train.device import plan_device, train_processes
+from tunefold.train.masking import prompt_completion_examples
 from tunefold.train.models import load_tokenizer
 from tunefold.train.training import (
+    Fit,
     ResumeGuard,
+    TemplateChoice,
+    choose_template,
     file_hash,
     fingerprint,
     fit_lengths,
     load_base,
     lora_config,
+    rendered_lengths,
     schedule_args,
     sha256_text,
     train_and_save,
-    training_template,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def is_adapter(path: Path) -> bool:
     return (path / "adapter_config.json").exists()
+
+
+def sft_rows(
+    cfg: TrainConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[list[dict[str, str]]],
+    names: list[str] | None = None,
+) -> tuple[list[dict[str, Any]], TemplateChoice, Fit]:
+    """The training rows in the form trl takes for the chosen loss-mask path, after the length policy: whole
+    conversations (`messages`) on the marker path, pre-tokenized per-turn `input_ids`/`completion_mask` otherwise.
+    The trainer's tokenizer must carry `choice.template` (trl masks by its markers; it is saved with the adapter)."""
+    choice = choose_template(tokenizer, cfg.chat_template, cfg.loss_mask)
+    if choice.loss_mask == "generation_markers":
+        fit = fit_lengths(rendered_lengths(conversations, tokenizer, choice.template), cfg.max_length, cfg.overlong)
+        return [{"messages": conversations[i]} for i, _ in fit.keep], choice, fit
+    examples = prompt_completion_examples(conversations, tokenizer, choice.template, names)
+    lengths = [[len(e["input_ids"]) for e in seqs] for seqs in examples]
+    starts = [[e["completion_mask"].index(1) for e in seqs] for seqs in examples]
+    fit = fit_lengths(lengths, cfg.max_length, cfg.overlong, starts)
+    return [examples[i][j] for i, j in fit.keep], choice, fit
 
 
 def train_sft(
@@ -59,19 +87,17 @@ def train_sft(
         raise InputError(f"train.rounds.{round_name}.init: {init} is neither {base_dir} nor a LoRA adapter directory")
     plan = plan_device(cfg.device, cfg.qlora, cfg.attn_implementation)
     tokenizer = load_tokenizer(base_dir)
-    template, template_source = training_template(tokenizer, cfg.chat_template)
-    tokenizer.chat_template = template
 
     records = read_records(Path(rnd.data), purpose="train on")
     conversations = [[m.model_dump() for m in r.messages] for r in records]
-    keep, lengths = fit_lengths(conversations, tokenizer, template, cfg.max_length, cfg.overlong)
+    rows, choice, fit = sft_rows(cfg, tokenizer, conversations, [f"{rnd.data}: record {r.id}" for r in records])
+    tokenizer.chat_template = choice.template
     dropped = [
-        records[i].model_dump() | {"reason": f"over train.max_length={cfg.max_length} tokens"}
-        for i in sorted(set(range(len(records))) - set(keep))
+        records[i].model_dump() | {"reason": f"over train.max_length={cfg.max_length} tokens"} for i in fit.rejected
     ]
-    if not keep:
+    if not rows:
         raise InputError(f"{rnd.data}: no conversation fits train.max_length={cfg.max_length}; nothing to train on")
-    dataset = Dataset.from_list([{"messages": conversations[i]} for i in keep])
+    dataset = Dataset.from_list(rows)
 
     fp = fingerprint(
         data=file_hash(Path(rnd.data)),
@@ -92,7 +118,7 @@ def train_sft(
         **schedule_args(cfg, plan, ckpt_dir, cfg.batch_size, rnd.learning_rate, rnd.epochs, rnd.max_steps),
         max_length=cfg.max_length,
         packing=cfg.packing,
-        assistant_only_loss=True,
+        **choice.trainer_args(),
     )
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
@@ -121,10 +147,11 @@ def train_sft(
         "real_tokens_per_second": round(tokens / seconds, 1) if seconds and not resume else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "chat_template": template_source,
-        "chat_template_sha256": sha256_text(template)[:16],
+        "chat_template": choice.source,
+        "chat_template_sha256": sha256_text(choice.template)[:16],
+        "loss_mask": choice.loss_mask,
         "packing": cfg.packing,
-        **lengths,
+        **fit.stats,
     }
     log.info(
         "sft %s: %d steps, loss %s -> %s, %s real tokens/s",

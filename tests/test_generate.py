@@ -1,5 +1,5 @@
 """Answer generation at scale: conversations through an endpoint (in flight together, no batch waiting for its
-slowest question, resumable), and what of the vLLM backend runs without a GPU (settings, which adapters it can serve)."""
+slowest question, resumable), and what of the vLLM backend runs without a GPU (settings, adapters it can serve)."""
 
 from __future__ import annotations
 

@@ -93,6 +93,7 @@ def test_sft_trains_assistant_tokens_and_lowers_loss(sft_run: dict, base_model: 
 
     m, work = sft_run["metrics"], sft_run["work"]
     assert m["steps"] == 6 and m["chat_template"] == "tunefold:smollm2_training.jinja"
+    assert m["loss_mask"] == "generation_markers" and m["sequences"] == len(QA)
     assert m["real_tokens"] > 0 and m["real_tokens_per_second"] > 0
     curve = (work / "loss.tsv").read_text().splitlines()
     assert curve[0].startswith("step\tloss") and len(curve) == 7

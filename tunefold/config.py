@@ -187,7 +187,17 @@ class TrainConfig(Section):
         "(1 on the CPU). N > 1 on the CPU runs N gloo ranks",
     )
     chat_template: str | None = Field(
-        None, description="a Jinja template with {% generation %} markers, for model families the project lacks"
+        None,
+        description="a Jinja template to train with instead of the model's own; with {% generation %} markers it "
+        "masks the loss itself (for model families the project lacks)",
+    )
+    loss_mask: Literal["auto", "markers", "prompt_completion"] = Field(
+        "auto",
+        description="how loss is kept to assistant answers (and their end-of-turn token). markers: one sequence per "
+        "conversation, masked by the template's {% generation %} spans (the model's, tunefold's or trl's training "
+        "copy, or train.chat_template); prompt_completion: one prompt/completion sequence per assistant turn, for "
+        "templates without markers (more tokens: each turn repeats its prompt); auto: markers when a marked "
+        "template exists, else prompt_completion. The SFT metrics record the one used as `loss_mask`",
     )
     rounds: dict[str, SFTRound] = Field(min_length=1)
 

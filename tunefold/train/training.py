@@ -11,9 +11,10 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from tunefold.config import LoraSettings, TrainConfig
 from tunefold.errors import InputError
@@ -76,25 +77,31 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def training_template(tokenizer: PreTrainedTokenizerBase, override: str | None = None) -> tuple[str, str]:
-    """A chat template whose assistant turns are marked with {% generation %}, so only they carry loss.
+@dataclass(frozen=True)
+class TemplateChoice:
+    """The chat template a stage renders with, where it came from, and how SFT masks the loss with it.
 
-    Returns (template, source). It renders exactly like the model's own template; the end-of-turn token sits
-    inside the markers, so the model learns to stop.
+    `generation_markers`: trl masks each conversation by the template's {% generation %} spans (one sequence per
+    conversation). `prompt_completion`: the template has none, so each assistant turn becomes its own
+    prompt/completion sequence (tunefold.train.masking).
     """
+
+    template: str
+    source: str
+    loss_mask: Literal["generation_markers", "prompt_completion"]
+
+    def trainer_args(self) -> dict[str, bool]:
+        """SFTConfig switches for this path: trl builds the labels from `assistant_masks` or `completion_mask`."""
+        markers = self.loss_mask == "generation_markers"
+        return {"assistant_only_loss": markers, "completion_only_loss": not markers}
+
+
+def marked_template(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str] | None:
+    """The model's template with {% generation %} markers: its own if it has them, tunefold's shipped training copy
+    (keyed by the hash of the model's), or trl's; None when no marked version is known."""
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
-    if override:
-        path = Path(override)
-        if not path.is_file():
-            raise InputError(f"train.chat_template: {path} does not exist")
-        template = path.read_text(encoding="utf-8")
-        if not has_generation_markers(template):
-            raise InputError(f"train.chat_template: {path} has no {{% generation %}} markers")
-        return template, str(path)
-    own = tokenizer.chat_template
-    if not isinstance(own, str) or not own:
-        raise InputError("the base model has no chat template; set train.chat_template to one with markers")
+    own = model_template(tokenizer)
     if has_generation_markers(own):
         return own, "model"
     name = TRAINING_TEMPLATES.get(sha256_text(own))
@@ -102,12 +109,65 @@ def training_template(tokenizer: PreTrainedTokenizerBase, override: str | None =
         return resources.files("tunefold.templates").joinpath(name).read_text(encoding="utf-8"), f"tunefold:{name}"
     try:
         patched = get_training_chat_template(tokenizer)
-    except Exception as e:  # trl raises for families it does not know
-        raise InputError(
-            "the base model's chat template has no {% generation %} markers and neither tunefold nor trl knows a "
-            "training version of it; write one and set train.chat_template to its path"
-        ) from e
+    except Exception:  # trl raises for families it does not know
+        return None
     return (patched or own), "trl"
+
+
+def model_template(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The base model's own chat template; without one there is no way to format conversations."""
+    own = tokenizer.chat_template
+    if not isinstance(own, str) or not own:
+        raise InputError("the base model has no chat template; set train.chat_template to the path of one")
+    return own
+
+
+def choose_template(
+    tokenizer: PreTrainedTokenizerBase, override: str | None = None, loss_mask: str = "auto"
+) -> TemplateChoice:
+    """The template and loss-mask path for `train.chat_template` and `train.loss_mask`.
+
+    `auto` takes the marker path whenever a marked template exists (cheaper: one sequence per conversation) and
+    falls back to per-turn prompt/completion sequences otherwise; `markers` refuses the fallback,
+    `prompt_completion` forces it (with the model's own template, or the override).
+    """
+    from trl.chat_template_utils import has_generation_markers
+
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise InputError(f"train.chat_template: {path} does not exist")
+        template = path.read_text(encoding="utf-8")
+        marked = has_generation_markers(template)
+        if loss_mask == "markers" and not marked:
+            raise InputError(
+                f"train.chat_template: {path} has no {{% generation %}} markers, which train.loss_mask: markers "
+                "needs; add them or set train.loss_mask: auto"
+            )
+        markers = marked and loss_mask != "prompt_completion"
+        return TemplateChoice(template, str(path), "generation_markers" if markers else "prompt_completion")
+    if loss_mask == "prompt_completion":
+        return TemplateChoice(model_template(tokenizer), "model", "prompt_completion")
+    found = marked_template(tokenizer)
+    if found:
+        return TemplateChoice(*found, "generation_markers")
+    if loss_mask == "markers":
+        raise InputError(
+            "train.loss_mask is markers, but the base model's chat template has no {% generation %} markers and "
+            "neither tunefold nor trl knows a training version of it; write one and set train.chat_template to its "
+            "path, or set train.loss_mask: auto to train one prompt/completion sequence per assistant turn"
+        )
+    return TemplateChoice(model_template(tokenizer), "model", "prompt_completion")
+
+
+def training_template(tokenizer: PreTrainedTokenizerBase, override: str | None = None) -> tuple[str, str]:
+    """A chat template whose assistant turns are marked with {% generation %}, so only they carry loss.
+
+    Returns (template, source). It renders exactly like the model's own template; the end-of-turn token sits
+    inside the markers, so the model learns to stop.
+    """
+    choice = choose_template(tokenizer, override, "markers")
+    return choice.template, choice.source
 
 
 def load_base(model_dir: Path, plan: DevicePlan) -> PreTrainedModel:
@@ -154,27 +214,58 @@ def lora_config(cfg: LoraSettings, model: PreTrainedModel) -> Any:
     )
 
 
-def fit_lengths(
-    conversations: list[list[dict[str, str]]],
-    tokenizer: PreTrainedTokenizerBase,
-    template: str,
-    max_length: int,
-    overlong: str,
-) -> tuple[list[int], dict[str, int]]:
-    """Indices to train on, and counts: conversations over `max_length` tokens are kept (trl truncates them;
-    counted) or rejected, per `train.overlong`."""
+def rendered_lengths(
+    conversations: list[list[dict[str, str]]], tokenizer: PreTrainedTokenizerBase, template: str
+) -> list[list[int]]:
+    """Token count of each conversation rendered whole: its one training sequence on the marker path."""
     texts = [tokenizer.apply_chat_template(c, tokenize=False, chat_template=template) for c in conversations]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    over = [i for i, n in enumerate(lengths) if n > max_length]
-    keep = [i for i in range(len(conversations)) if overlong == "truncate" or i not in set(over)]
+    return [[len(ids)] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+@dataclass
+class Fit:
+    """What `fit_lengths` keeps: (conversation, sequence) index pairs, the conversations rejected as overlong, and
+    the counts for the stage's metrics."""
+
+    keep: list[tuple[int, int]]
+    rejected: list[int]
+    stats: dict[str, int]
+
+
+def fit_lengths(
+    lengths: list[list[int]], max_length: int, overlong: str, loss_starts: list[list[int]] | None = None
+) -> Fit:
+    """Which training sequences to use, by length: a conversation with a sequence over `max_length` tokens is kept
+    (trl truncates it; counted) or rejected, per `train.overlong`.
+
+    `lengths[i]` are the token counts of conversation i's sequences: one on the marker path, one per assistant turn
+    on the prompt/completion path, where the prompt is repeated in each, so `tokens` counts what the model really
+    reads. `loss_starts[i]` (prompt/completion only) are the positions of each sequence's first loss token: a
+    sequence whose answer starts at or past `max_length` would be cut to its prompt alone and teach nothing, so it
+    is dropped (counted as `cut_to_prompt`).
+    """
+    over = [i for i, seqs in enumerate(lengths) if max(seqs, default=0) > max_length]
+    rejected = over if overlong == "reject" else []
+    starts = loss_starts or [[0] * len(seqs) for seqs in lengths]
+    keep, cut, dropped = [], 0, set(rejected)
+    for i, seqs in enumerate(lengths):
+        if i in dropped:
+            continue
+        for j in range(len(seqs)):
+            if starts[i][j] < max_length:
+                keep.append((i, j))
+            else:
+                cut += 1
     stats = {
-        "conversations": len(conversations),
+        "conversations": len(lengths),
+        "sequences": len(keep),
         "over_max_length": len(over),
         "truncated": len(over) if overlong == "truncate" else 0,
-        "rejected_overlong": len(over) if overlong == "reject" else 0,
-        "tokens": sum(min(lengths[i], max_length) for i in keep),
+        "rejected_overlong": len(rejected),
+        "cut_to_prompt": cut,
+        "tokens": sum(min(lengths[i][j], max_length) for i, j in keep),
     }
-    return keep, stats
+    return Fit(keep, rejected, stats)
 
 
 def fingerprint(**parts: Any) -> str:
