@@ -210,7 +210,7 @@ def run_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
     dpo = train_dpo(dpo_cfg, train, base, work / name / "dpo", work / name / "dpo_ckpt", work / name / "dpo.tsv")
     check_stage(dpo, device, loss_key=None)
     # one base in memory (the reference is a frozen adapter; dpo_trainer refuses otherwise): compare with the weights
-    keys = ("device", "dtype", "attention", "steps", "peak_gpu_memory_gb", "train_loss", "seconds_training")
+    keys = ("device", "dtype", "attention", "steps", "peak_gpu_memory_gb", "train_loss", "real_tokens_per_second")
     out["dpo"] = {k: dpo[k] for k in keys} | {"weights_gb": round(info["parameters"] * 2 / 2**30, 2)}
 
     out["generation"] = generation_speed(base, work / name / "dpo", plan_device(device), args)

@@ -134,8 +134,7 @@ def train_sft(
     )
     if done is None:
         return {}
-    curve, seconds = done.pop("curve"), done["seconds_training"]
-    tokens = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
+    curve = done.pop("curve")
     trainable, total = trainer.model.get_nb_trainable_parameters()
     metrics = {
         "round": round_name,
@@ -143,8 +142,6 @@ def train_sft(
         **done,
         "first_loss": curve[0]["loss"] if curve else None,
         "last_loss": curve[-1]["loss"] if curve else None,
-        "real_tokens": int(tokens),
-        "real_tokens_per_second": round(tokens / seconds, 1) if seconds and not resume else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "chat_template": choice.source,

@@ -375,6 +375,7 @@ def train_and_save(
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
+    tokens = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
     if not is_main_process():
         return None
     model = trainer.model
@@ -391,6 +392,8 @@ def train_and_save(
         "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0,
         "train_loss": round(result.training_loss, 4),
         "seconds_training": round(seconds, 1),
+        "real_tokens": int(tokens),  # unpadded tokens trained on, all ranks (trl's num_tokens)
+        "real_tokens_per_second": round(tokens / seconds, 1) if seconds and not resume else None,
         "peak_gpu_memory_gb": peak_memory_gb(),
         "curve": write_curve(trainer.state.log_history, curve_path),
     }
