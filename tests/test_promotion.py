@@ -84,3 +84,24 @@ with WorkspaceLock(__import__("pathlib").Path({str(path)!r})) as l:
     holder.wait()
     with WorkspaceLock(path) as after:
         assert after.acquired
+
+
+def test_lineage_names_the_exact_base_weights(tmp_path: Path) -> None:
+    """The base in lineage is pinned by what prepare_model recorded (here a hub commit), next to the DVC hash of
+    the converted checkpoint; the printed chain shows it."""
+    from tests.conftest import copy_project
+    from tunefold.config import load_params
+    from tunefold.cycle.registry import lineage, print_lineage
+    from tunefold.io import write_json
+
+    repo = copy_project(tmp_path / "repo")
+    commit = "c" * 40
+    recorded = {"base": "org/m", "source": "hub", "revision": "v1", "commit": commit, "dtype": "bfloat16"}
+    write_json(repo / "metrics/prepare_model.json", recorded | {"parameters": 7})
+    base = lineage(repo, load_params(repo / "params.yaml"))["base_model"]
+    assert base["commit"] == commit and base["revision"] == "v1" and base["dtype"] == "bfloat16"
+    assert "parameters" not in base and "hash" in base
+    scores = {"mt_bench": 5.0, "mt_bench_judged": 1, "mt_bench_failures": 0, "flask": {}}
+    entry = {"tag": "model-v1", "promoted": True, "reason": "first model", "cycle": "c1", "time": "t"}
+    entry |= {"scores": scores, "lineage": lineage(repo, load_params(repo / "params.yaml"))}
+    assert f"commit {commit} (revision v1)" in print_lineage(entry)

@@ -21,6 +21,8 @@ from tunefold.io import read_json, write_jsonl
 from tunefold.train.training import file_hash
 
 ENTRIES = "models.jsonl"
+# What prepare_model recorded of the exact base weights (tunefold.train.models.base_source) and how it saved them.
+BASE_SOURCE_KEYS = ("source", "revision", "commit", "package", "source_sha256", "dtype")
 
 
 class Registry:
@@ -96,6 +98,7 @@ def lineage(root: Path, params: Params) -> dict[str, Any]:
     prompts_file = params.eval.mt_bench.judge_prompts
     prompts = load_judge_prompts(Path(root / prompts_file) if prompts_file else None)
     validate = read("metrics/validate.json")
+    base = read("metrics/prepare_model.json")
     dirty = bool(git(root, "status", "--porcelain", "--untracked-files=no", check=False))
     return {
         "sources": source_hashes(root, params),
@@ -106,12 +109,21 @@ def lineage(root: Path, params: Params) -> dict[str, Any]:
         "params_sha256": file_hash(root / "params.yaml")[:16],
         "code_commit": git(root, "rev-parse", "HEAD", check=False) or None,
         "code_dirty": dirty,
-        "base_model": {"param": params.model.base, "hash": outs.get("models/base")},
+        "base_model": {"param": params.model.base, "hash": outs.get("models/base")}
+        | {k: base[k] for k in BASE_SOURCE_KEYS if base.get(k) is not None},
         "chat_template": sorted({m.get("chat_template_sha256") for m in sft.values() if m}),
         "adapter": {"path": params.cycle.candidate_adapter, "hash": outs.get(params.cycle.candidate_adapter)},
         "judge": summary.get("judge", {}),
         "judge_prompts": {p.name: template_hash(p) for p in prompts.values()} | {"flask": FLASK_TEMPLATE},
     }
+
+
+def _base_pin(base: dict[str, Any]) -> str:
+    """The base's hub commit, package or source hash (entries made before these were recorded have none)."""
+    if base.get("commit"):
+        return f"commit {base['commit']}" + (f" (revision {base['revision']})" if base.get("revision") else "")
+    parts = [base.get("package"), base.get("source_sha256") and f"sha256 {base['source_sha256'][:16]}"]
+    return "  ".join(p for p in parts if p)
 
 
 def print_lineage(entry: dict[str, Any]) -> str:
@@ -126,7 +138,7 @@ def print_lineage(entry: dict[str, Any]) -> str:
         f"{entry['scores']['mt_bench_failures']} unparseable), FLASK skills {len(entry['scores']['flask'])}",
         f"  judge: {lin['judge']}",
         "  judge prompts: " + ", ".join(f"{k}={v}" for k, v in sorted(lin["judge_prompts"].items())),
-        f"  base model: {lin['base_model']['param']}  {lin['base_model']['hash']}",
+        f"  base model: {lin['base_model']['param']}  {lin['base_model']['hash']}  {_base_pin(lin['base_model'])}",
         f"  chat template: {', '.join(lin['chat_template']) or '-'}",
         f"  params.yaml sha256 {lin['params_sha256']}",
         "  training data: " + ", ".join(f"{r}={h}" for r, h in lin["training_data"].items()),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunefold.errors import InputError
+from tunefold.train.training import file_hash
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -56,6 +57,45 @@ def resolve_base(base: str) -> tuple[str, str | None]:
     return base, None
 
 
+def hub_commit(repo_id: str, revision: str | None) -> str:
+    """The commit `revision` (None: the default branch) of a hub model points to now; offline, the one the local
+    cache last resolved it to. Both loads then use this commit, so tokenizer and weights cannot come from two
+    states of a repository that changes meanwhile, and lineage names exactly what was loaded."""
+    from huggingface_hub import HfApi, constants
+
+    try:
+        resolved = HfApi().resolve_revision(repo_id, revision=revision, local_files_only=constants.HF_HUB_OFFLINE)
+    except Exception as e:  # not found, gated, offline with nothing cached: say so before from_pretrained does
+        raise InputError(f"model.base: cannot resolve revision {revision or 'main'!r} of {repo_id!r}: {e}") from e
+    return resolved.resolved
+
+
+def _files_hash(files: list[Path], root: Path) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + file_hash(f).encode())
+    return h.hexdigest()
+
+
+def base_source(base: str, revision: str | None = None) -> dict[str, Any]:
+    """What `model.base` names, pinned for lineage: a hub id's commit; the sha256 of a local GGUF, or of a local
+    directory's top-level files (what `from_pretrained` reads); for the embedded model also the package version."""
+    if base == EMBEDDED:
+        from importlib.metadata import version
+
+        gguf = embedded_gguf()
+        package = EMBEDDED_PACKAGE.replace("_", "-")
+        return {"source": "embedded", "package": f"{package}=={version(package)}", "source_sha256": file_hash(gguf)}
+    name, gguf_name = resolve_base(base)
+    path = Path(name)
+    if gguf_name:
+        return {"source": "file", "source_sha256": file_hash(path / gguf_name)}
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        return {"source": "directory", "source_sha256": _files_hash(files, path)}
+    return {"source": "hub", "revision": revision, "commit": hub_commit(name, revision)}
+
+
 def template_hash(tokenizer: PreTrainedTokenizerBase) -> str:
     """Hash of the chat template, recorded so results say exactly which template formatted the data."""
     template = tokenizer.chat_template or ""
@@ -75,7 +115,9 @@ def convert_base(base: str, out_dir: Path, revision: str | None = None, dtype: s
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name, gguf = resolve_base(base)
-    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+    source = base_source(base, revision)
+    pinned = source.get("commit") or revision
+    kwargs: dict[str, Any] = {"revision": pinned} if pinned else {}
     if gguf:
         kwargs["gguf_file"] = gguf
     log.info("loading base model %s%s", name, f" ({gguf})" if gguf else "")
@@ -105,6 +147,7 @@ def convert_base(base: str, out_dir: Path, revision: str | None = None, dtype: s
         "eos_token": tokenizer.eos_token,
         "pad_token": tokenizer.pad_token,
         "chat_template_sha256": template_hash(tokenizer),
+        **source,
     }
 
 
