@@ -31,6 +31,7 @@ def main() -> None:
     from tasks.mt_bench import judge_single
     from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig, LLMConfig
     from tunefold.eval.mtbench import TEMPERATURE, answer_row, load_answers, load_judge_prompts, load_questions
+    from tunefold.eval.protocol import JudgeSettings
     from tunefold.llm import Gateway
 
     questions = load_questions(args.questions, args.references)
@@ -52,7 +53,8 @@ def main() -> None:
             with Gateway(llm, "bench", work / f"cache{conc}") as gw:
                 gw.endpoint("judge")
                 t0 = time.perf_counter()
-                rows = judge_single(gw, "base", questions, answers, prompts, json_output=True)
+                judge = JudgeSettings("quick", "json", 128, gw.model_name("judge"))
+                rows = judge_single(gw, "base", questions, answers, prompts, judge)
                 out[f"concurrency_{conc}_s"] = round(time.perf_counter() - t0, 1)
                 out[f"concurrency_{conc}_parse_failures"] = sum(r["score"] < 0 for r in rows)
         out["speedup_8_vs_1"] = round(out["concurrency_1_s"] / out["concurrency_8_s"], 2)

@@ -45,11 +45,11 @@ def score_record(
     question = Question(0, "general", [next(m.content for m in reversed(r.prompt) if m.role == "user")])
     scores = []
     for answer in (target, student):
-        value, failure, _ = ask_judge(gw, "single", single_messages(judge_prompt, question, [answer], 1),
-                                      judge_prompt, json_output)  # fmt: skip
-        if value is None:
-            return None, f"judge reply unparseable: {failure}"
-        scores.append(float(value))
+        messages = single_messages(judge_prompt, question, [answer], 1)
+        j = ask_judge(gw, "single", messages, judge_prompt, json_output, attempts=2)
+        if not j.ok:
+            return None, f"judge reply {j.status}: {j.detail}"
+        scores.append(float(j.value))
     scored = with_response(
         r,
         target,
@@ -71,15 +71,20 @@ def difficulty(ctx: StageContext, inputs: list[Path]) -> tuple[list[Record], lis
     if cfg.max_instructions and len(todo) > cfg.max_instructions:
         chosen = set(random.Random(ctx.params.curriculum.seed).sample(range(len(todo)), cfg.max_instructions))
         reason = f"not sampled: curriculum.difficulty.max_instructions={cfg.max_instructions}"
-        dropped = [{"record": r.model_dump(), "kind": "not sampled", "reason": reason}
-                   for i, r in enumerate(todo) if i not in chosen]  # fmt: skip
+        dropped = [
+            {"record": r.model_dump(), "kind": "not sampled", "reason": reason}
+            for i, r in enumerate(todo)
+            if i not in chosen
+        ]
         todo = [r for i, r in enumerate(todo) if i in chosen]
     judge_prompt = load_judge_prompts(None)[("single", False, False)]
     json_output = ctx.params.eval.judge_output == "json"
     scored = ctx.gateway.map(
-        "judge", lambda r: score_record(ctx.gateway, r, judge_prompt, cfg.responses == "dataset", json_output),
-        todo, desc="MFD (teacher vs student)",
-    )  # fmt: skip
+        "judge",
+        lambda r: score_record(ctx.gateway, r, judge_prompt, cfg.responses == "dataset", json_output),
+        todo,
+        desc="MFD (teacher vs student)",
+    )
     kept: list[Record] = []
     for r, (done, why) in zip(todo, scored, strict=True):
         if done is None:
@@ -87,8 +92,13 @@ def difficulty(ctx: StageContext, inputs: list[Path]) -> tuple[list[Record], lis
         elif done.metadata["mfd"] > cfg.min_mfd:
             kept.append(done)
         else:
-            dropped.append({"record": done.model_dump(), "kind": "fitted", "reason": f"MFD {done.metadata['mfd']:g} "
-                            f"<= min_mfd {cfg.min_mfd:g}: the student already fits it"})  # fmt: skip
+            dropped.append(
+                {
+                    "record": done.model_dump(),
+                    "kind": "fitted",
+                    "reason": f"MFD {done.metadata['mfd']:g} <= min_mfd {cfg.min_mfd:g}: the student already fits it",
+                }
+            )
     return kept, dropped, pairs
 
 
@@ -97,26 +107,36 @@ def run_difficulty(ctx: StageContext, inputs: list[Path], out_dir: Path, plot: P
     write_jsonl(out_dir / "records.jsonl", [r.model_dump() for r in kept])
     write_jsonl(out_dir / "dropped.jsonl", dropped)
     write_jsonl(out_dir / "pairs.jsonl", [r.model_dump() for r in pairs])
-    mfds = [r.metadata["mfd"] for r in kept] + [d["record"]["metadata"]["mfd"] for d in dropped
-                                                if "mfd" in d["record"]["metadata"]]  # fmt: skip
+    mfds = [r.metadata["mfd"] for r in kept] + [
+        d["record"]["metadata"]["mfd"] for d in dropped if "mfd" in d["record"]["metadata"]
+    ]
     hist = Counter(round(m) for m in mfds)
     reasons = Counter(d["kind"] for d in dropped)
     scored = len(kept) + len(dropped)
     metrics = {
-        "inputs": scored + len(pairs), "kept": len(kept), "dropped": len(dropped), "preference_pairs": len(pairs),
+        "inputs": scored + len(pairs),
+        "kept": len(kept),
+        "dropped": len(dropped),
+        "preference_pairs": len(pairs),
         "kept_fraction": round(len(kept) / scored, 3) if scored else None,
         "mean_mfd_kept": round(sum(r.metadata["mfd"] for r in kept) / len(kept), 3) if kept else None,
-        "dropped_by_reason": dict(reasons), "min_mfd": ctx.params.curriculum.difficulty.min_mfd,
+        "dropped_by_reason": dict(reasons),
+        "min_mfd": ctx.params.curriculum.difficulty.min_mfd,
         "kept_by_task": {t: n for t in TASK_TYPES if (n := sum(r.metadata.get("task_type") == t for r in kept))},
-    }  # fmt: skip
+    }
     if not kept:
         log.warning("no instruction has MFD above %g: nothing would be left to train on", metrics["min_mfd"])
     rows = [[k, hist[k]] for k in sorted(hist)]
     why = [[k, n] for k, n in reasons.items()]
-    write_text(out_dir / "report.md", f"### Model Fitting Difficulty (TAPIR)\n\nKept {len(kept)} of {scored} "
-               f"scored instructions (MFD > {metrics['min_mfd']:g}); {len(pairs)} preference pairs passed on.\n\n"
-               + md_table(["MFD (teacher - student)", "instructions"], rows) + "\n\n"
-               + md_table(["dropped because", "instructions"], why) + "\n")  # fmt: skip
+    write_text(
+        out_dir / "report.md",
+        f"### Model Fitting Difficulty (TAPIR)\n\nKept {len(kept)} of {scored} "
+        f"scored instructions (MFD > {metrics['min_mfd']:g}); {len(pairs)} preference pairs passed on.\n\n"
+        + md_table(["MFD (teacher - student)", "instructions"], rows)
+        + "\n\n"
+        + md_table(["dropped because", "instructions"], why)
+        + "\n",
+    )
     if plot:
         write_json(plot, [{"mfd": k, "instructions": hist[k]} for k in sorted(hist)])
     return metrics

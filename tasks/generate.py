@@ -33,6 +33,7 @@ from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig
 from tunefold.eval.flask import load_instances
 from tunefold.eval.generation import Answerer
 from tunefold.eval.mtbench import TEMPERATURE, answer_row, load_questions
+from tunefold.eval.protocol import answer_max_tokens
 from tunefold.io import read_appended, write_jsonl
 from tunefold.pipeline.fanout import fan_out
 from tunefold.pipeline.stage import StageContext, log, stage_main
@@ -49,7 +50,7 @@ def _fingerprint(cfg: EvalConfig, who: CandidateSettings, questions_file: Path) 
         who=who.model_dump(exclude={"concurrency"}),  # how many are in flight does not change an answer
         weights=file_hash(adapter) if adapter and adapter.exists() else None,
         questions=file_hash(questions_file),
-        max_new_tokens=cfg.max_new_tokens,
+        max_new_tokens=answer_max_tokens(cfg),
         seed=cfg.seed,
         **({"backend": "vllm"} if vllm else {}),
     )
@@ -336,7 +337,7 @@ def _local_answerer(cfg: EvalConfig, who: CandidateSettings, base_dir: Path) -> 
     from tunefold.train.models import load_tokenizer, load_trained
 
     model = load_trained(base_dir, who.adapter, plan_device(cfg.device))
-    gen = Generator(model, load_tokenizer(base_dir), cfg.batch_size, cfg.max_new_tokens, cfg.seed)
+    gen = Generator(model, load_tokenizer(base_dir), cfg.batch_size, answer_max_tokens(cfg), cfg.seed)
 
     def answer(convs: list[list[dict[str, str]]], temps: list[float]) -> list[tuple[str, int, bool]]:
         out = gen.generate([Prompt(c, t) for c, t in zip(convs, temps, strict=True)])
@@ -358,7 +359,7 @@ def _endpoint_chat(ctx: StageContext, who: CandidateSettings) -> Chat:
         EndpointConfig(
             base_url=who.base_url,
             model=who.model,
-            max_tokens=cfg.max_new_tokens,
+            max_tokens=answer_max_tokens(cfg),
             seed=cfg.seed,
             concurrency=who.concurrency,
         ),

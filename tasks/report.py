@@ -1,18 +1,17 @@
 """Stage `report`: the evaluation report people look at: MT-Bench and FLASK side by side.
 
-Writes `summary.json` (for `dvc metrics show/diff`), `report.md` and a self-contained `report.html` with an
-MT-Bench per-category radar, a FLASK per-skill radar and a skill x difficulty heat map, the comparison with the
-previously evaluated model (deltas with the number of judged items behind each), the judge's cost and
-parse-failure counts, and the worst-scored answers with the judge's explanation (and, given the output of
-`sentence_scores`, their lowest-scored sentences). Each run is appended to the history file, from which the next
-run takes its comparison.
+Writes `summary.json` (what the promotion gate reads), `report.md` and a self-contained `report.html` (real tables,
+inline images) from one document: whether the numbers are comparable to the published protocol and what the judge
+audit says of the judge, MT-Bench and FLASK with 95% bootstrap intervals, the baseline beside the candidate (tables
+and radars), the paired difference and FastChat's win rates, every judge call without a clean score by kind, the
+comparison with the previously evaluated model, and the worst-scored answers with the judge's explanation (and,
+given the output of `sentence_scores`, their lowest-scored sentences). Each run is appended to the history file,
+from which the next run takes its comparison.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import html
 import io
 import json
 import sys
@@ -21,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from tunefold.errors import InputError
+from tunefold.eval.document import Document, Figure, Heading, Para, Table
 from tunefold.eval.flask import DIFFICULTIES, SKILLS
+from tunefold.eval.uncertainty import per_question_means
 from tunefold.fractal.highlight import lowest_sentences
 from tunefold.io import read_json, write_json, write_text
 from tunefold.pipeline.stage import StageContext, log, stage_main
@@ -81,24 +82,38 @@ def _mean(d: dict[str, Any] | None) -> float | None:
     return d.get("mean") if d else None
 
 
-def build_summary(mt: dict[str, Any], fl: dict[str, Any], candidate: str, baseline: str) -> dict[str, Any]:
+def build_summary(
+    mt: dict[str, Any],
+    fl: dict[str, Any],
+    candidate: str,
+    baseline: str,
+    per_question: dict[str, float],
+    audit: dict[str, Any] | None,
+) -> dict[str, Any]:
     cand = mt.get(candidate, {})
-    pair = mt.get(f"pairwise_vs_{baseline}")
-    llm_cost = sum(role.get("cost_usd", 0) for role in mt.get("llm", {}).values()) + sum(
-        role.get("cost_usd", 0) for role in fl.get("llm", {}).values()
-    )
+    overall = cand.get("overall") or {}
+    llm = [role for m in (mt, fl) for role in m.get("llm", {}).values()]
     return {
         "candidate": candidate,
         "baseline": baseline,
         "mt_bench": {
-            "overall": _mean(cand.get("overall")),
+            "overall": _mean(overall),
+            "interval": overall.get("interval"),
             "turn_1": _mean(cand.get("turn_1")),
             "turn_2": _mean(cand.get("turn_2")),
-            "judged": (cand.get("overall") or {}).get("judged", 0),
-            "parse_failures": (cand.get("overall") or {}).get("parse_failures", 0),
+            "judged": overall.get("judged", 0),
+            "failures": overall.get("failures", 0),
+            "failure_kinds": overall.get("failure_kinds", {}),
             "categories": {k.split("/", 1)[1]: v for k, v in cand.items() if k.startswith("category/")},
             "baseline_overall": _mean(mt.get(baseline, {}).get("overall")),
-            "pairwise_vs_baseline": pair,
+            "baseline_categories": {
+                k.split("/", 1)[1]: v for k, v in mt.get(baseline, {}).items() if k.startswith("category/")
+            },
+            "pairwise_vs_baseline": mt.get(f"pairwise_vs_{baseline}"),
+            "paired_vs_baseline": mt.get(f"paired_vs_{baseline}"),
+            "per_question": per_question,
+            "comparability": mt.get("comparability"),
+            "settings": mt.get("settings"),
         },
         "flask": {
             "skills": fl.get(candidate, {}).get("skill", {}),
@@ -107,10 +122,19 @@ def build_summary(mt: dict[str, Any], fl: dict[str, Any], candidate: str, baseli
             "skill_difficulty": fl.get(candidate, {}).get("skill_difficulty", {}),
             "domains": fl.get(candidate, {}).get("domain", {}),
             "na": fl.get(candidate, {}).get("na", {}),
-            "parse_failures": fl.get(candidate, {}).get("parse_failures", 0),
+            "failures": fl.get(candidate, {}).get("failures", fl.get(candidate, {}).get("parse_failures", 0)),
+            "failure_kinds": fl.get(candidate, {}).get("failure_kinds", {}),
             "annotation_failures": fl.get("annotation_failures", 0),
+            "comparability": fl.get("comparability"),
         },
-        "judge": {"mt_bench": mt.get("judge"), "flask": fl.get("judge"), "cost_usd": round(llm_cost, 6)},
+        "judge": {
+            "mt_bench": mt.get("judge"),
+            "flask": fl.get("judge"),
+            "cost_usd": round(sum(r.get("cost_usd", 0) for r in llm), 6),
+            "transport_retries": sum(int(r.get("retries", 0)) for r in llm),
+            "truncated_replies": sum(int(r.get("truncated_replies", 0)) for r in llm),
+        },
+        "audit": audit,
     }
 
 
@@ -120,10 +144,23 @@ def _delta(now: float | None, before: float | None) -> str:
     return f"{now - before:+.2f}"
 
 
-def worst_answers(judgments: Path, answers: Path, questions: Path, candidate: str, n: int = 3) -> list[dict[str, Any]]:
-    """The candidate's lowest-rated turns, with question, answer and the judge's explanation."""
+def _interval(v: list[float] | None) -> str:
+    return f"[{v[0]:.2f}, {v[1]:.2f}]" if v else "n/a"
+
+
+def _kinds(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(kinds.items())) or "none"
+
+
+def judged_rows(judgments: Path) -> list[dict[str, Any]]:
     files = sorted(judgments.glob("*_single.jsonl")) if judgments.is_dir() else [judgments]
-    rows = [json.loads(x) for f in files if f.exists() for x in f.read_text().splitlines() if x.strip()]
+    return [json.loads(x) for f in files if f.exists() for x in f.read_text().splitlines() if x.strip()]
+
+
+def worst_answers(
+    rows: list[dict[str, Any]], answers: Path, questions: Path, candidate: str, n: int = 3
+) -> list[dict[str, Any]]:
+    """The candidate's lowest-rated turns, with question, answer and the judge's explanation."""
     rows = sorted((r for r in rows if r["model"] == candidate and r["score"] >= 0), key=lambda r: r["score"])[:n]
     qs = {json.loads(x)["question_id"]: json.loads(x) for x in questions.read_text().splitlines() if x.strip()}
     ans = {}
@@ -134,118 +171,229 @@ def worst_answers(judgments: Path, answers: Path, questions: Path, candidate: st
                 ans[a["question_id"]] = a["choices"][0]["turns"]
             except json.JSONDecodeError:
                 continue
-    return [{"question_id": r["question_id"], "turn": r["turn"], "score": r["score"],
-             "question": qs.get(r["question_id"], {}).get("turns", ["", ""])[r["turn"] - 1],
-             "answer": ans.get(r["question_id"], ["", ""])[r["turn"] - 1], "judgment": r["judgment"]}
-            for r in rows]  # fmt: skip
+    return [
+        {
+            "question_id": r["question_id"],
+            "turn": r["turn"],
+            "score": r["score"],
+            "question": qs.get(r["question_id"], {}).get("turns", ["", ""])[r["turn"] - 1],
+            "answer": ans.get(r["question_id"], ["", ""])[r["turn"] - 1],
+            "judgment": r["judgment"],
+        }
+        for r in rows
+    ]
 
 
-def render(summary: dict[str, Any], previous: dict[str, Any] | None, worst: list[dict[str, Any]],
-           images: dict[str, bytes]) -> tuple[str, str]:  # fmt: skip
-    mt, fl = summary["mt_bench"], summary["flask"]
+def render(
+    summary: dict[str, Any], previous: dict[str, Any] | None, worst: list[dict[str, Any]], images: dict[str, bytes]
+) -> Document:
+    mt, fl, judge = summary["mt_bench"], summary["flask"], summary["judge"]
+    base = summary["baseline"]
     prev_mt = (previous or {}).get("mt_bench", {})
     prev_fl = (previous or {}).get("flask", {}).get("skills", {})
-    md = [f"# Evaluation report: `{summary['candidate']}`", ""]
-    md += [f"Judges: MT-Bench `{summary['judge']['mt_bench']}`, FLASK `{summary['judge']['flask']}`; judge cost "
-           f"${summary['judge']['cost_usd']:.4f}." + (f" Compared with the previous evaluation of "
-           f"`{previous.get('candidate')}` ({previous.get('evaluated_at', '?')})." if previous else
-           " No previous evaluation to compare with."), ""]  # fmt: skip
-    md += ["## MT-Bench", "", "| | score | judged | parse failures | vs previous |", "|---|---|---|---|---|"]
-    md.append(f"| overall | {mt['overall']} | {mt['judged']} | {mt['parse_failures']} | "
-              f"{_delta(mt['overall'], prev_mt.get('overall'))} |")  # fmt: skip
+    doc = Document(f"Evaluation report: {summary['candidate']}")
+    settings = mt.get("settings") or {}
+    doc.add(
+        Para(
+            f"Protocol {settings.get('protocol', '?')}; judges: MT-Bench {judge['mt_bench']}, FLASK {judge['flask']}; "
+            f"judge cost ${judge['cost_usd']:.4f}. "
+            + (
+                f"Compared with the previous evaluation of {previous.get('candidate')} "
+                f"({previous.get('evaluated_at', '?')})."
+                if previous
+                else "No previous evaluation to compare with."
+            )
+        )
+    )
+    doc.add(Heading("Comparability"))
+    for name, record in (("MT-Bench", mt.get("comparability")), ("FLASK", fl.get("comparability"))):
+        if record is None:
+            doc.add(Para(f"{name}: not recorded (metrics from an older run).", "warning"))
+        else:
+            doc.add(Para(f"{name}: {record['line']}.", "" if record["comparable"] else "warning"))
+    audit = summary.get("audit")
+    doc.add(Heading("Judge audit"))
+    if audit is None:
+        doc.add(Para("The judge was not audited: nothing says whether it can tell answers apart.", "warning"))
+    else:
+        verdict = "The audit trusts this judge." if audit.get("trusted") else "The audit does not trust this judge."
+        notes = " ".join(audit.get("notes", []))
+        doc.add(Para(f"{verdict} {notes}".strip(), "" if audit.get("trusted") else "warning"))
+        if audit.get("checks"):
+            doc.add(
+                Table(
+                    ["check", "passed", "value", "limit", "detail"],
+                    [
+                        [
+                            c.get("name"),
+                            "yes" if c.get("passed") else "no",
+                            c.get("value"),
+                            c.get("limit"),
+                            c.get("detail", ""),
+                        ]
+                        for c in audit["checks"]
+                    ],
+                )
+            )
+    doc.add(Heading("MT-Bench"))
+    rows: list[list[Any]] = [
+        [
+            "overall",
+            mt["overall"],
+            _interval(mt.get("interval")),
+            mt["baseline_overall"],
+            mt["judged"],
+            mt["failures"],
+            _delta(mt["overall"], prev_mt.get("overall")),
+        ],
+    ]
     for cat, v in sorted(mt["categories"].items()):
         before = (prev_mt.get("categories", {}).get(cat) or {}).get("mean")
-        md.append(f"| {cat} | {v['mean']} | {v['judged']} | {v['parse_failures']} | {_delta(v['mean'], before)} |")
-    if mt.get("pairwise_vs_baseline"):
-        p = mt["pairwise_vs_baseline"]
-        md += ["", f"Pairwise vs the baseline (a win only when both orders agree): {p['win']} wins, {p['tie']} "
-               f"ties, {p['loss']} losses, {p['error']} unparseable; win rate {p['win_rate']}."]  # fmt: skip
-    md += [
-        "",
-        "## FLASK skills",
-        "",
-        "| skill | score | n | baseline | vs previous | N/A |",
-        "|---|---|---|---|---|---|",
-    ]
+        rows.append(
+            [
+                cat,
+                v["mean"],
+                _interval(v.get("interval")),
+                _mean(mt.get("baseline_categories", {}).get(cat)),
+                v["judged"],
+                v.get("failures", v.get("parse_failures", 0)),
+                _delta(v["mean"], before),
+            ]
+        )
+    doc.add(Table(["", summary["candidate"], "95% interval", base, "judged", "no clean score", "vs previous"], rows))
+    failures = f"{mt['failures']} MT-Bench and {fl['failures']} FLASK judge calls gave no clean score"
+    doc.add(
+        Para(
+            f"{failures} (MT-Bench: {_kinds(mt.get('failure_kinds', {}))}; "
+            f"FLASK: {_kinds(fl.get('failure_kinds', {}))}); "
+            f"{judge['truncated_replies']} judge replies were cut by max_tokens; {judge['transport_retries']} "
+            "requests were sent again after a transport error (HTTP 429/5xx, timeout) before a complete reply.",
+            "warning" if mt["failures"] or fl["failures"] else "",
+        )
+    )
+    if paired := mt.get("paired_vs_baseline"):
+        doc.add(
+            Para(
+                f"{summary['candidate']} - {base}, paired over {paired['questions']} questions: "
+                f"{paired['difference']:+.2f}, 95% interval [{paired['low']:+.2f}, {paired['high']:+.2f}]"
+                + (" (zero inside: no measurable difference)." if paired["low"] <= 0 <= paired["high"] else ".")
+            )
+        )
+    if p := mt.get("pairwise_vs_baseline"):
+        doc.add(
+            Para(
+                f"Pairwise vs {base} (a win only when both orders agree): {p['win']} wins, {p['tie']} ties, "
+                f"{p['loss']} losses, {p['error']} without a verdict; win_rate {p.get('win_rate')} (W/(W+T+L)), "
+                f"win_rate_adjusted {p.get('win_rate_adjusted')} ((W+T/2)/(W+T+L)), as FastChat names them."
+            )
+        )
+    doc.add(Heading("FLASK skills"))
+    table = []
     for skill in SKILLS:
         v = fl["skills"].get(skill)
         if v or skill in fl["na"]:
-            base = (fl["baseline_skills"].get(skill) or {}).get("mean")
-            change = _delta(_mean(v), (prev_fl.get(skill) or {}).get("mean"))
-            md.append(
-                f"| {skill} | {_mean(v)} | {(v or {}).get('n', 0)} | {base} | {change} | {fl['na'].get(skill, 0)} |"
+            table.append(
+                [
+                    skill,
+                    _mean(v),
+                    _interval((v or {}).get("interval")),
+                    (v or {}).get("n", 0),
+                    (fl["baseline_skills"].get(skill) or {}).get("mean"),
+                    _delta(_mean(v), (prev_fl.get(skill) or {}).get("mean")),
+                    fl["na"].get(skill, 0),
+                ]
             )
-    md += ["", f"FLASK parse failures: {fl['parse_failures']}; annotation failures: {fl['annotation_failures']}."]
+    doc.add(Table(["skill", "score", "95% interval", "n", base, "vs previous", "N/A"], table))
+    doc.add(Para(f"FLASK annotation failures: {fl['annotation_failures']}."))
     if fl["hard_skills"]:
-        md += ["", "FLASK-HARD (expert level): " + ", ".join(f"{k} {v['mean']} (n={v['n']})"
-                                                             for k, v in fl["hard_skills"].items())]  # fmt: skip
+        doc.add(Para("FLASK-HARD: " + ", ".join(f"{k} {v['mean']} (n={v['n']})" for k, v in fl["hard_skills"].items())))
+    doc.add(Heading("Plots"))
+    captions = {
+        "mt_bench_categories.png": f"MT-Bench by category: {summary['candidate']} and {base}",
+        "flask_skills.png": f"FLASK by skill: {summary['candidate']} and {base}",
+        "flask_skill_difficulty.png": "FLASK skill x difficulty",
+    }
+    doc.add(*(Figure(name, png, captions.get(name, name)) for name, png in images.items()))
     if worst:
-        md += ["", "## Lowest-scored MT-Bench answers", ""]
+        doc.add(Heading("Lowest-scored MT-Bench answers"))
         for w in worst:
-            md += [f"**Question {w['question_id']}, turn {w['turn']}: score {w['score']}**", "",
-                   f"> {w['question']}", "", f"Answer: {w['answer'][:600]}", "",
-                   f"Judge: {w['judgment'][:600]}", ""]  # fmt: skip
-            if w.get("lowest_sentences"):
-                md += [f"- lowest-scored sentence ({s['score']:.2f}): {s['text'][:300]}"
-                       for s in w["lowest_sentences"]] + [""]  # fmt: skip
-    md += ["", "Plots: " + ", ".join(f"`{name}`" for name in images)]
-    markdown = "\n".join(md) + "\n"
-    imgs = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(b).decode()}" alt="{n}">'
-                   f"<figcaption>{n}</figcaption></figure>" for n, b in images.items())  # fmt: skip
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>tunefold evaluation</title><style>"
-            "body{font-family:sans-serif;max-width:1000px;margin:auto}figure{display:inline-block}"
-            "img{max-width:480px}pre{white-space:pre-wrap}</style></head><body>"
-            f"{imgs}<pre>{html.escape(markdown)}</pre></body></html>")  # fmt: skip
-    return markdown, page
+            doc.add(
+                Para(f"Question {w['question_id']}, turn {w['turn']}: score {w['score']}. {w['question']}"),
+                Para(f"Answer: {w['answer'][:600]}"),
+                Para(f"Judge: {w['judgment'][:600]}"),
+            )
+            for sent in w.get("lowest_sentences", []):
+                doc.add(Para(f"Lowest-scored sentence ({sent['score']:.2f}): {sent['text'][:300]}"))
+    return doc
 
 
-def report(ctx: StageContext, mt_path: Path, fl_path: Path, judgments: Path, answers: Path, out_dir: Path,
-           history: Path, plots_dir: Path, sentence_scores: Path | None = None) -> dict[str, Any]:  # fmt: skip
+def report(
+    ctx: StageContext,
+    mt_path: Path,
+    fl_path: Path,
+    judgments: Path,
+    answers: Path,
+    out_dir: Path,
+    history: Path,
+    plots_dir: Path,
+    sentence_scores: Path | None = None,
+    audit_path: Path | None = None,
+) -> dict[str, Any]:
     cfg = ctx.params.eval
     if not mt_path.exists() or not fl_path.exists():
         raise InputError(f"{mt_path} or {fl_path} missing: run the mt_bench and flask stages first")
-    summary = build_summary(read_json(mt_path), read_json(fl_path), cfg.candidate.model_id, cfg.baseline.model_id)
+    rows = judged_rows(judgments)
+    candidate, baseline = cfg.candidate.model_id, cfg.baseline.model_id
+    audit = read_json(audit_path) if audit_path is not None and audit_path.exists() else None
+    per_question = per_question_means([r for r in rows if r["model"] == candidate])
+    summary = build_summary(read_json(mt_path), read_json(fl_path), candidate, baseline, per_question, audit)
     summary["evaluated_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     past = [json.loads(x) for x in history.read_text().splitlines() if x.strip()] if history.exists() else []
     previous = past[-1] if past else None
     images: dict[str, bytes] = {}
-    cats = sorted(summary["mt_bench"]["categories"])
+    mt, fl = summary["mt_bench"], summary["flask"]
+    cats = sorted(mt["categories"])
     if cats:
-        series = {summary["candidate"]: [summary["mt_bench"]["categories"][c]["mean"] or 0 for c in cats]}
+        series = {candidate: [mt["categories"][c]["mean"] or 0 for c in cats]}
+        if mt["baseline_categories"]:
+            series[baseline] = [_mean(mt["baseline_categories"].get(c)) or 0 for c in cats]
         images["mt_bench_categories.png"] = _radar(cats, series, 10, "MT-Bench by category")
-    skills = [s for s in SKILLS if s in summary["flask"]["skills"]]
+    skills = [s for s in SKILLS if s in fl["skills"]]
     if skills:
-        series = {summary["candidate"]: [summary["flask"]["skills"][s]["mean"] for s in skills]}
-        if summary["flask"]["baseline_skills"]:
-            series[cfg.baseline.model_id] = [(summary["flask"]["baseline_skills"].get(s) or {}).get("mean") or 0
-                                             for s in skills]  # fmt: skip
+        series = {candidate: [fl["skills"][s]["mean"] for s in skills]}
+        if fl["baseline_skills"]:
+            series[baseline] = [_mean(fl["baseline_skills"].get(s)) or 0 for s in skills]
         images["flask_skills.png"] = _radar(skills, series, 5, "FLASK by skill")
-        grid = [[(summary["flask"]["skill_difficulty"].get(f"{s}|{d}") or {}).get("mean") for d in DIFFICULTIES]
-                for s in skills]  # fmt: skip
+        grid = [[_mean(fl["skill_difficulty"].get(f"{s}|{d}")) for d in DIFFICULTIES] for s in skills]
         images["flask_skill_difficulty.png"] = _heatmap(skills, list(DIFFICULTIES), grid, "FLASK skill x difficulty")
-    worst = worst_answers(judgments, answers, Path(cfg.mt_bench.questions), cfg.candidate.model_id)
+    worst = worst_answers(rows, answers, Path(cfg.mt_bench.questions), candidate)
     if sentence_scores is not None:
-        lowest = lowest_sentences(sentence_scores, cfg.candidate.model_id)
+        lowest = lowest_sentences(sentence_scores, candidate)
         for w in worst:
             w["lowest_sentences"] = lowest.get((w["question_id"], w["turn"]), [])
-    markdown, page = render(summary, previous, worst, images)
+    doc = render(summary, previous, worst, images)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in images.items():
         (out_dir / name).write_bytes(data)
     write_json(out_dir / "summary.json", summary)
-    write_text(out_dir / "report.md", markdown)
-    write_text(out_dir / "report.html", page)
+    write_text(out_dir / "report.md", doc.markdown())
+    write_text(out_dir / "report.html", doc.html())
     write_text(history, "".join(json.dumps(x) + "\n" for x in [*past, summary]))
-    write_json(plots_dir / "mt_bench_categories.json",
-               [{"category": c, "score": summary["mt_bench"]["categories"][c]["mean"]} for c in cats])  # fmt: skip
-    write_json(plots_dir / "flask_skills.json",
-               [{"skill": s, "score": summary["flask"]["skills"][s]["mean"]} for s in skills])  # fmt: skip
-    log.info("report: MT-Bench %s, %d FLASK skills; %s", summary["mt_bench"]["overall"], len(skills), out_dir)
-    return {"mt_bench_overall": summary["mt_bench"]["overall"],
-            "mt_bench_parse_failures": summary["mt_bench"]["parse_failures"],
-            "flask_parse_failures": summary["flask"]["parse_failures"],
-            "flask_skills": {k: v["mean"] for k, v in summary["flask"]["skills"].items()},
-            "judge_cost_usd": summary["judge"]["cost_usd"]}  # fmt: skip
+    write_json(
+        plots_dir / "mt_bench_categories.json", [{"category": c, "score": mt["categories"][c]["mean"]} for c in cats]
+    )
+    write_json(plots_dir / "flask_skills.json", [{"skill": s, "score": fl["skills"][s]["mean"]} for s in skills])
+    log.info("report: MT-Bench %s, %d FLASK skills; %s", mt["overall"], len(skills), out_dir)
+    return {
+        "mt_bench_overall": mt["overall"],
+        "mt_bench_interval": mt["interval"],
+        "mt_bench_failures": mt["failures"],
+        "flask_failures": fl["failures"],
+        "flask_skills": {k: v["mean"] for k, v in fl["skills"].items()},
+        "judge_cost_usd": summary["judge"]["cost_usd"],
+        "judge_trusted": None if audit is None else audit.get("trusted"),
+        "mt_bench_comparable": (mt.get("comparability") or {}).get("comparable"),
+    }
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -257,11 +405,22 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", type=Path, required=True, help="JSONL of past evaluations (appended)")
     p.add_argument("--plots", type=Path, required=True, help="directory for the dvc plots data (JSON)")
     p.add_argument("--sentence-scores", type=Path, help="scores.jsonl of the sentence_scores stage (optional)")
+    p.add_argument("--audit", type=Path, help="metrics JSON of the judge_audit stage (optional)")
 
 
 def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
-    return report(ctx, args.mt_bench, args.flask, args.judgments, args.answers, args.out, args.history, args.plots,
-                  args.sentence_scores)  # fmt: skip
+    return report(
+        ctx,
+        args.mt_bench,
+        args.flask,
+        args.judgments,
+        args.answers,
+        args.out,
+        args.history,
+        args.plots,
+        args.sentence_scores,
+        args.audit,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,14 +19,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-def completion(text: str, model: str = "fault-model") -> bytes:
+def completion(text: str, model: str = "fault-model", finish_reason: str = "stop") -> bytes:
     return json.dumps(
         {
             "id": "x",
             "object": "chat.completion",
             "created": 0,
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+            ],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
         }
     ).encode()
@@ -109,6 +111,8 @@ class FaultServer:
         name, _, arg = action.partition(":")
         if name == "ok":
             h._send(200, completion(arg or self.reply))
+        elif name == "cut":  # a complete HTTP reply whose text max_tokens ended (finish_reason "length")
+            h._send(200, completion(arg or self.reply, finish_reason="length"))
         elif name == "echo":  # "re: " + the last user turn, so a test can tell which turn a reply answers
             users = [m["content"] for m in (request or {}).get("messages", []) if m.get("role") == "user"]
             h._send(200, completion("re: " + (users[-1] if users else "")))

@@ -172,8 +172,9 @@ def test_all_same_labels_fall_back_to_priors(caplog: pytest.LogCaptureFixture) -
 
 def test_truncated_pair() -> None:
     answer = "Paris is the capital of France. It lies on the Seine.\n\nIts population is 90 million. Visit it."
-    record = make_record([Message(role="user", content="Tell me about Paris."),
-                          Message(role="assistant", content=answer)], "t.jsonl:1")  # fmt: skip
+    record = make_record(
+        [Message(role="user", content="Tell me about Paris."), Message(role="assistant", content=answer)], "t.jsonl:1"
+    )
     spans = split_spans(answer)
     pair = truncated_pair(record, spans, [0.9, 0.8, 0.1, 0.7], low=0.5)
     assert pair is not None
@@ -202,8 +203,13 @@ def test_preference_pairs_from_a_known_scorer() -> None:
         msgs = [Message(role="user", content="Q?"), Message(role="assistant", content=answer)]
         return make_record(msgs, "x.jsonl:1", rejected=rejected)
 
-    records = [rec("Good start. Still good.\n\n- this is wrong\n- fine again"), rec("That is wrong. Good."),
-               rec("All good. Really."), rec("Fine. This is wrong.", rejected="Bad."), rec("")]  # fmt: skip
+    records = [
+        rec("Good start. Still good.\n\n- this is wrong\n- fine again"),
+        rec("That is wrong. Good."),
+        rec("All good. Really."),
+        rec("Fine. This is wrong.", rejected="Bad."),
+        rec(""),
+    ]
     pairs, stats = preference_pairs(records, scorer, _KeywordEmbedder(), FractalConfig())  # type: ignore[arg-type]
     assert [(p.response, p.rejected) for p in pairs] == [("Good start. Still good.", records[0].response)]
     meta = pairs[0].metadata["fractal"]
@@ -218,25 +224,44 @@ QUESTIONS = [
     {"question_id": 2, "category": "math", "turns": ["What is 2 + 2?", "And 3 + 3?"]},
     {"question_id": 3, "category": "stem", "turns": ["Why is the sky blue?", "Why are sunsets red?"]},
 ]
-REFERENCES = [{"question_id": 2, "answer_id": "r2", "model_id": "ref", "tstamp": 0,
-               "choices": [{"index": 0, "turns": ["2 + 2 = 4.", "3 + 3 = 6."]}]}]  # fmt: skip
+REFERENCES = [
+    {
+        "question_id": 2,
+        "answer_id": "r2",
+        "model_id": "ref",
+        "tstamp": 0,
+        "choices": [{"index": 0, "turns": ["2 + 2 = 4.", "3 + 3 = 6."]}],
+    }
+]
 ANSWERS = {
     "candidate": {
-        1: ["A steel bottle keeps drinks cold for a day. It is dishwasher safe. Bananas are a kind of berry.",
-            "Cold for hours, kind to the planet."],
+        1: [
+            "A steel bottle keeps drinks cold for a day. It is dishwasher safe. Bananas are a kind of berry.",
+            "Cold for hours, kind to the planet.",
+        ],
         2: ["2 + 2 = 4. Therefore, the answer is 4.", "3 + 3 = 7. The result is 7, as 3 times 3 is 7."],
-        3: ["Sunlight scatters off air molecules. Blue light scatters most (Rayleigh scattering). I like cats.",
-            ""],
+        3: ["Sunlight scatters off air molecules. Blue light scatters most (Rayleigh scattering). I like cats.", ""],
     },
     "base": {
         1: ["Steel bottles are bottles. The weather is nice today. Water is wet.", "Bottle."],
         2: ["The answer is 5. Math is hard.", "- 3 + 3 = 6\n- checked twice"],
         3: ["The sky is blue because the ocean reflects it. Clouds are white.", "Dust scatters red light."],
     },
-}  # fmt: skip
-RATINGS = {("candidate", 1, 1): 6, ("candidate", 1, 2): 8, ("candidate", 2, 1): 9, ("candidate", 2, 2): 2,
-           ("candidate", 3, 1): 7, ("candidate", 3, 2): 1, ("base", 1, 1): 3, ("base", 1, 2): -1,
-           ("base", 2, 1): 1, ("base", 2, 2): 8, ("base", 3, 1): 2, ("base", 3, 2): 5}  # fmt: skip
+}
+RATINGS = {
+    ("candidate", 1, 1): 6,
+    ("candidate", 1, 2): 8,
+    ("candidate", 2, 1): 9,
+    ("candidate", 2, 2): 2,
+    ("candidate", 3, 1): 7,
+    ("candidate", 3, 2): 1,
+    ("base", 1, 1): 3,
+    ("base", 1, 2): -1,
+    ("base", 2, 1): 1,
+    ("base", 2, 2): 8,
+    ("base", 3, 1): 2,
+    ("base", 3, 2): 5,
+}
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
@@ -249,45 +274,100 @@ def _workspace(tmp: Path, ratings: dict[tuple[str, int, int], int], answers: dic
     _jsonl(tmp / "q.jsonl", QUESTIONS)
     _jsonl(tmp / "ref.jsonl", REFERENCES)
     for model, by_q in answers.items():
-        _jsonl(tmp / "answers" / f"{model}.jsonl", [
-            {"question_id": q, "answer_id": f"{model}-{q}", "model_id": model, "tstamp": 0,
-             "choices": [{"index": 0, "turns": turns}]} for q, turns in by_q.items()])  # fmt: skip
-    _jsonl(tmp / "judgments" / "judge_single.jsonl", [
-        {"question_id": q, "model": m, "turn": t, "score": s, "judgment": "...", "category": "x"}
-        for (m, q, t), s in ratings.items()])  # fmt: skip
+        _jsonl(
+            tmp / "answers" / f"{model}.jsonl",
+            [
+                {
+                    "question_id": q,
+                    "answer_id": f"{model}-{q}",
+                    "model_id": model,
+                    "tstamp": 0,
+                    "choices": [{"index": 0, "turns": turns}],
+                }
+                for q, turns in by_q.items()
+            ],
+        )
+    _jsonl(
+        tmp / "judgments" / "judge_single.jsonl",
+        [
+            {"question_id": q, "model": m, "turn": t, "score": s, "judgment": "...", "category": "x"}
+            for (m, q, t), s in ratings.items()
+        ],
+    )
     # the candidate's turn-1 answers without a reference as training records: same context, same scores
-    records = _jsonl(tmp / "records.jsonl", [json.loads(make_record(
-        [Message(role="user", content=QUESTIONS[q - 1]["turns"][0]), Message(role="assistant", content=answers[
-            "candidate"][q][0])], f"r.jsonl:{q}").model_dump_json()) for q in (1, 3)])  # fmt: skip
+    records = _jsonl(
+        tmp / "records.jsonl",
+        [
+            json.loads(
+                make_record(
+                    [
+                        Message(role="user", content=QUESTIONS[q - 1]["turns"][0]),
+                        Message(role="assistant", content=answers["candidate"][q][0]),
+                    ],
+                    f"r.jsonl:{q}",
+                ).model_dump_json()
+            )
+            for q in (1, 3)
+        ],
+    )
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["eval"]["mt_bench"] |= {"questions": str(tmp / "q.jsonl"), "references": str(tmp / "ref.jsonl")}
-    params["fractal"] = {"epochs": 15, "hidden_dim": 32, "preference_pairs": True, "pairs_from": str(records),
-                         **fractal}  # fmt: skip
+    params["fractal"] = {
+        "epochs": 15,
+        "hidden_dim": 32,
+        "preference_pairs": True,
+        "pairs_from": str(records),
+        **fractal,
+    }
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp
 
 
 def _flask_files(tmp: Path) -> list[str]:
     """Two FLASK instances judged for both models: rated, N/A only, and a parse failure."""
-    _jsonl(tmp / "flask_judgment" / "instances.jsonl", [
-        {"idx": 0, "instruction": "Name a prime number.", "answer": "7 is prime."},
-        {"idx": 1, "instruction": "Explain tides.", "answer": "The Moon's gravity pulls the oceans."}])  # fmt: skip
-    _jsonl(tmp / "flask_judgment" / "judge.jsonl", [
-        {"idx": 0, "model": "candidate", "scores": {"Correctness": 4.0, "Conciseness": 5.0}},
-        {"idx": 0, "model": "base", "scores": {"Correctness": 1.0, "Conciseness": None}},
-        {"idx": 1, "model": "candidate", "scores": None},
-        {"idx": 1, "model": "base", "scores": {"Correctness": None}}])  # fmt: skip
-    answers = {"candidate": ["7 is prime. It has no divisors but 1 and 7.", "The Moon pulls water."],
-               "base": ["9 is prime. Primes are odd.", "Tides are waves. Wind makes them."]}  # fmt: skip
+    _jsonl(
+        tmp / "flask_judgment" / "instances.jsonl",
+        [
+            {"idx": 0, "instruction": "Name a prime number.", "answer": "7 is prime."},
+            {"idx": 1, "instruction": "Explain tides.", "answer": "The Moon's gravity pulls the oceans."},
+        ],
+    )
+    _jsonl(
+        tmp / "flask_judgment" / "judge.jsonl",
+        [
+            {"idx": 0, "model": "candidate", "scores": {"Correctness": 4.0, "Conciseness": 5.0}},
+            {"idx": 0, "model": "base", "scores": {"Correctness": 1.0, "Conciseness": None}},
+            {"idx": 1, "model": "candidate", "scores": None},
+            {"idx": 1, "model": "base", "scores": {"Correctness": None}},
+        ],
+    )
+    answers = {
+        "candidate": ["7 is prime. It has no divisors but 1 and 7.", "The Moon pulls water."],
+        "base": ["9 is prime. Primes are odd.", "Tides are waves. Wind makes them."],
+    }
     for model, texts in answers.items():
         _jsonl(tmp / "flask_answer" / f"{model}.jsonl", [{"idx": i, "answer": a} for i, a in enumerate(texts)])
     return ["--flask-judgments", str(tmp / "flask_judgment"), "--flask-answers", str(tmp / "flask_answer")]
 
 
 def _run_stage(tmp: Path, *extra: str) -> int:
-    return sentence_scores_main(["--params", str(tmp / "params.yaml"), "--judgments", str(tmp / "judgments"),
-                                 "--answers", str(tmp / "answers"), "--out", str(tmp / "out"), "--scorer",
-                                 str(tmp / "scorer.pt"), "--metrics", str(tmp / "m.json"), *extra])  # fmt: skip
+    return sentence_scores_main(
+        [
+            "--params",
+            str(tmp / "params.yaml"),
+            "--judgments",
+            str(tmp / "judgments"),
+            "--answers",
+            str(tmp / "answers"),
+            "--out",
+            str(tmp / "out"),
+            "--scorer",
+            str(tmp / "scorer.pt"),
+            "--metrics",
+            str(tmp / "m.json"),
+            *extra,
+        ]
+    )
 
 
 def test_stage_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -327,11 +407,20 @@ def test_stage_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
     lowest = lowest_sentences(ws / "out" / "scores.jsonl", "candidate", n=2)
     assert set(lowest) == {(1, 1), (1, 2), (2, 1), (2, 2), (3, 1)}
     assert len(lowest[(1, 1)]) == 2 and lowest[(1, 1)][0]["score"] <= lowest[(1, 1)][1]["score"]
-    worst = [{"question_id": 1, "turn": 1, "score": 6, "question": "q", "answer": "a", "judgment": "j",
-              "lowest_sentences": lowest[(1, 1)]}]  # fmt: skip
-    markdown, _ = render(build_summary({}, {}, "candidate", "base"), None, worst, {})
+    worst = [
+        {
+            "question_id": 1,
+            "turn": 1,
+            "score": 6,
+            "question": "q",
+            "answer": "a",
+            "judgment": "j",
+            "lowest_sentences": lowest[(1, 1)],
+        }
+    ]
+    markdown = render(build_summary({}, {}, "candidate", "base", {}, None), None, worst, {}).markdown()
     low = lowest[(1, 1)][0]
-    assert f"- lowest-scored sentence ({low['score']:.2f}): {low['text']}" in markdown
+    assert f"Lowest-scored sentence ({low['score']:.2f}): {low['text']}" in markdown
     # same inputs, same seed: the same scores
     first_scores = (ws / "out" / "scores.jsonl").read_text()
     assert _run_stage(ws, *flask) == 0 and (ws / "out" / "scores.jsonl").read_text() == first_scores

@@ -137,9 +137,12 @@ def test_circuit_breaker_fails_the_stage_naming_the_endpoint(tmp_path: Path) -> 
 
 def test_rating_and_verdict_parsers_count_failures(tmp_path: Path) -> None:
     assert parse_rating("Good answer. Rating: [[8.5]]").value == 8.5
-    assert parse_rating("I'd say [6] overall").value == 6
-    assert parse_rating("Rating: [[11]]").failure == "rating 11 outside 1..10"
-    assert not parse_rating("It is good.").ok and not parse_rating(None).ok
+    assert parse_rating("Overall quality. Rating: [6]").value == 6  # one bracket pair dropped, still labelled
+    for stray in ("Use arr[0] to get it. Fine work.", "As shown in [1], the answer holds.", "I'd say [6] overall"):
+        assert parse_rating(stray).kind == "unparseable", stray  # a bare [x] may be an index or a citation
+    off = parse_rating("Rating: [[11]]")
+    assert (off.failure, off.kind) == ("rating 11 outside 1..10", "out_of_range")
+    assert not parse_rating("It is good.").ok and parse_rating(None).kind == "empty"
     assert parse_verdict("... so [[B]]").value == "B"
     assert parse_verdict("[[A]] or maybe [[B]]").failure == "conflicting verdicts"
     script = ["ok:no rating here", "ok:[[9]]"]
@@ -150,20 +153,63 @@ def test_rating_and_verdict_parsers_count_failures(tmp_path: Path) -> None:
         assert gw.metrics()["judge"]["parse_failures"] == {"rating": 1}
 
 
+def test_a_reply_cut_by_max_tokens_is_a_failure_never_a_value(tmp_path: Path) -> None:
+    """finish_reason "length" (max_tokens reached): the text may hold a rating or a JSON object from a draft the
+    judge had not finished, so it is counted as truncated and not parsed; the cache keeps the finish reason."""
+
+    class Rating(BaseModel):
+        rating: int
+
+    script = ["cut:Rating: [[7]] but wait, on reflection", 'cut:{"rating": 3}', "ok:Rating: [[7]]"]
+    with FaultServer(script) as srv, Gateway(remote(srv.base_url, max_tokens=9), "t", tmp_path) as gw:
+        cut, result = gw.chat_parsed("judge", ask("a"), parse_rating, "rating")
+        assert (cut.value, cut.kind, result.finish_reason) == (None, "truncated", "length")
+        assert cut.failure == "reply cut at max_tokens=9 before it ended"
+        cut_json, _ = gw.chat_json("judge", ask("b"), Rating, attempts=1)
+        assert (cut_json.value, cut_json.kind) == (None, "truncated")
+        whole, _ = gw.chat_parsed("judge", ask("c"), parse_rating, "rating")
+        assert whole.value == 7.0
+        again, cached = gw.chat_parsed("judge", ask("a"), parse_rating, "rating")
+        assert cached.cached and again.kind == "truncated"  # from the cache, still cut
+        m = gw.metrics()["judge"]
+        assert m["truncated_replies"] == 3 and m["parse_failures"] == {"rating": 2, "Rating": 1}
+
+
+def test_cache_entries_without_a_finish_reason_are_asked_again(tmp_path: Path) -> None:
+    """Entries written before finish reasons were kept cannot say whether the reply was cut: they are re-asked."""
+    from tunefold.llm.cache import request_key
+
+    with FaultServer(default="ok:Rating: [[4]]") as srv, Gateway(remote(srv.base_url), "t", tmp_path) as gw:
+        ep = gw.endpoint("judge")
+        key = request_key(ep.fingerprint, gw._body(ep, ask("old")))
+        gw.cache.put(key, ep.fingerprint, {"text": "Rating: [[9]]", "usage": {}})
+        parsed, result = gw.chat_parsed("judge", ask("old"), parse_rating, "rating")
+        assert (parsed.value, result.cached, len(srv.requests)) == (4.0, False, 1)
+
+
+def test_the_real_server_reports_a_cut_reply(embedded: Gateway) -> None:
+    """llama.cpp's finish_reason for a reply stopped by max_tokens reaches the judge layer as a failure."""
+    long = ask("Explain in detail how rain forms, then rate this text: Rating: [[5]]", max_tokens=4, temperature=0.0)
+    parsed, result = embedded.chat_parsed("judge", long, parse_rating, "rating")
+    assert result.finish_reason == "length" and parsed.kind == "truncated"
+    short = embedded.chat("judge", ask("Reply with the single word: yes", max_tokens=64, temperature=0.0))
+    assert short.finish_reason == "stop"
+
+
 def test_structured_output_retries_then_records_typed_failure(tmp_path: Path) -> None:
     class Tag(BaseModel):
         task: str
 
     with FaultServer(["ok:not json", 'ok:{"task": "math"}']) as srv, Gateway(remote(srv.base_url), "t", tmp_path) as gw:
         parsed, _ = gw.chat_json("teacher", ask("tag"), Tag)
-        assert parsed.value == Tag(task="math")
+        assert parsed.value == Tag(task="math") and parsed.retries == 1  # the value came from a re-ask
         assert srv.requests[0]["body"]["response_format"] == {"type": "json_object"}
         assert srv.requests[1]["body"]["seed"] == 1  # the retry samples, with a seed so it stays cacheable
+        assert gw.metrics()["teacher"]["parse_retries"] == 1
     with FaultServer(default='ok:{"wrong": 1}') as srv, Gateway(remote(srv.base_url), "t", tmp_path / "2") as gw:
         parsed, _ = gw.chat_json("teacher", ask("tag"), Tag, attempts=3)
-        assert (
-            parsed.value is None and "does not match Tag" in parsed.failure and "(after 3 attempts)" in parsed.failure
-        )
+        assert (parsed.value, parsed.kind, parsed.retries) == (None, "unparseable", 2)
+        assert "does not match Tag" in parsed.failure
         assert len(srv.requests) == 3 and gw.metrics()["teacher"]["parse_failures"] == {"Tag": 1}
 
 

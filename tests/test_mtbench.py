@@ -10,14 +10,18 @@ import pytest
 from tests.conftest import SHARED
 from tunefold.errors import InputError
 from tunefold.eval.mtbench import (
+    Question,
     aggregate_pairs,
     aggregate_single,
+    answer_row,
     combine_orders,
+    judged_turns,
     load_answers,
     load_judge_prompts,
     load_questions,
     pair_messages,
     prompt_for,
+    require_references,
     single_messages,
 )
 
@@ -27,17 +31,36 @@ MINI = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "mt_bench_m
 
 def test_single_aggregation_keeps_failures_out_of_means() -> None:
     rows = [
-        {"question_id": 1, "turn": 1, "category": "math", "score": 8},
-        {"question_id": 1, "turn": 2, "category": "math", "score": -1},  # unparseable
-        {"question_id": 2, "turn": 1, "category": "writing", "score": 5},
-        {"question_id": 2, "turn": 2, "category": "writing", "score": 6},
+        {"question_id": 1, "turn": 1, "category": "math", "score": 8, "judge_status": "ok"},
+        {"question_id": 1, "turn": 2, "category": "math", "score": -1, "judge_status": "truncated"},
+        {"question_id": 2, "turn": 1, "category": "writing", "score": 5, "judge_status": "ok"},
+        {"question_id": 2, "turn": 2, "category": "writing", "score": 6, "judge_status": "ok"},
+        {"question_id": 3, "turn": 1, "category": "writing", "score": -1, "judge_status": "out_of_range"},
     ]
     agg = aggregate_single(rows)
-    assert agg["overall"] == {"mean": round(19 / 3, 3), "judged": 3, "parse_failures": 1}
-    assert agg["turn_2"] == {"mean": 6.0, "judged": 1, "parse_failures": 1}
-    assert agg["category/math"] == {"mean": 8.0, "judged": 1, "parse_failures": 1}
+    assert agg["overall"] == {
+        "mean": round(19 / 3, 3),
+        "interval": [5.5, 8.0],  # questions resampled whole: q2 alone gives 5.5, q1 alone 8
+        "judged": 3,
+        "failures": 2,
+        "failure_kinds": {"out_of_range": 1, "truncated": 1},
+    }
+    assert agg["turn_2"] == {
+        "mean": 6.0,
+        "interval": None,  # one question: no spread to measure
+        "judged": 1,
+        "failures": 1,
+        "failure_kinds": {"truncated": 1},
+    }
+    assert agg["category/math"]["failure_kinds"] == {"truncated": 1}
     all_bad = aggregate_single([{"question_id": 3, "turn": 1, "category": "stem", "score": -1}])
-    assert all_bad["category/stem"] == {"mean": None, "judged": 0, "parse_failures": 1}
+    assert all_bad["category/stem"] == {
+        "mean": None,
+        "interval": None,
+        "judged": 0,
+        "failures": 1,
+        "failure_kinds": {"unparseable": 1},
+    }
 
 
 def test_pairwise_needs_both_orders_to_agree() -> None:
@@ -46,7 +69,106 @@ def test_pairwise_needs_both_orders_to_agree() -> None:
     assert combine_orders("model_2", "tie") == "tie"
     assert combine_orders(None, "model_1") == "error"
     rows = [{"result": r} for r in ("model_1", "model_1", "tie", "model_2", "error")]
-    assert aggregate_pairs(rows) == {"win": 2, "tie": 1, "loss": 1, "error": 1, "win_rate": 0.625}
+    assert aggregate_pairs(rows) == {
+        "win": 2,
+        "tie": 1,
+        "loss": 1,
+        "error": 1,
+        "win_rate": 0.5,
+        "win_rate_adjusted": 0.625,
+    }
+
+
+def _fastchat_single(rows: list[dict]) -> dict[tuple[str, int | None], float]:
+    """show_result.py's single-answer table, from its definition: rows with score -1 dropped, then the mean
+    score per model (and per model and turn)."""
+    kept = [r for r in rows if r["score"] != -1]
+    out: dict[tuple[str, int | None], float] = {}
+    for model in {r["model"] for r in kept}:
+        mine = [r["score"] for r in kept if r["model"] == model]
+        out[(model, None)] = sum(mine) / len(mine)
+        for turn in (1, 2):
+            t = [r["score"] for r in kept if r["model"] == model and r["turn"] == turn]
+            if t:
+                out[(model, turn)] = sum(t) / len(t)
+    return out
+
+
+def _fastchat_pairs(rows: list[dict], model: str) -> dict[str, float]:
+    """show_result.py's pairwise table, from its definition: rows where either order is `error` dropped; a win
+    only when g1 and g2 name the same model, anything else a tie; win_rate = W/(W+T+L), win_rate_adjusted =
+    (W + T/2)/(W+T+L)."""
+    w = t = lo = 0
+    for r in rows:
+        if "error" in (r["g1_winner"], r["g2_winner"]):
+            continue
+        if r["g1_winner"] == "tie" or r["g1_winner"] != r["g2_winner"]:
+            t += 1
+        elif (r["g1_winner"] == "model_1") == (r["model_1"] == model):
+            w += 1
+        else:
+            lo += 1
+    n = w + t + lo
+    return {"win": w, "tie": t, "loss": lo, "win_rate": w / n, "win_rate_adjusted": (w + t / 2) / n}
+
+
+def test_our_aggregates_equal_fastchats_formulas_on_random_judgments() -> None:
+    """FastChat's show_result.py, restated from its published definitions, against our aggregation on 200
+    random single and pairwise judgments (failures included)."""
+    import random
+
+    rng = random.Random(7)
+    single = [
+        {"model": m, "question_id": q, "turn": t, "category": "writing", "score": rng.choice([-1, *range(1, 11)])}
+        for m in ("a", "b")
+        for q in range(50)
+        for t in (1, 2)
+    ]
+    ours = {m: aggregate_single([r for r in single if r["model"] == m]) for m in ("a", "b")}
+    for (model, turn), mean in _fastchat_single(single).items():
+        assert ours[model]["overall" if turn is None else f"turn_{turn}"]["mean"] == round(mean, 3)
+    verdicts = ("model_1", "model_2", "tie", "error")
+    pairs = [
+        {"model_1": "a", "model_2": "b", "g1_winner": rng.choice(verdicts), "g2_winner": rng.choice(verdicts)}
+        for _ in range(200)
+    ]
+    for r in pairs:
+        r["result"] = combine_orders(*(None if g == "error" else g for g in (r["g1_winner"], r["g2_winner"])))
+    theirs, agg = _fastchat_pairs(pairs, "a"), aggregate_pairs(pairs)
+    assert (agg["win"], agg["tie"], agg["loss"]) == (theirs["win"], theirs["tie"], theirs["loss"])
+    assert agg["win_rate"] == round(theirs["win_rate"], 4)
+    assert agg["win_rate_adjusted"] == round(theirs["win_rate_adjusted"], 4)
+
+
+def test_references_come_only_from_the_reference_file(tmp_path: Path) -> None:
+    """A question's own `reference` field is not what the judge sees; a math question without a reference answer
+    is refused with its id, as FastChat refuses it."""
+    q = tmp_path / "question.jsonl"
+    rows = [
+        {"question_id": 1, "category": "math", "turns": ["2+2?", "and 3+3?"], "reference": ["4", "6"]},
+        {"question_id": 2, "category": "writing", "turns": ["A haiku."]},
+        {"question_id": 3, "category": "coding", "turns": ["Reverse a list."]},
+    ]
+    q.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    questions = load_questions(q)
+    assert all(x.reference is None for x in questions)
+    with pytest.raises(InputError, match=r"2 math/reasoning/coding question\(s\).*question ids \[1, 3\]"):
+        require_references(questions, None)
+    refs = tmp_path / "ref.jsonl"
+    refs.write_text(json.dumps(answer_row(1, "gpt-4", ["4", "6"], 0.0)) + "\n")
+    with pytest.raises(InputError, match=r"question ids \[3\]"):
+        require_references(load_questions(q, refs), refs)
+    require_references(load_questions(q, refs, ids=[1, 2]), refs)
+
+
+def test_one_turn_questions_are_judged_on_the_turns_they_have(tmp_path: Path) -> None:
+    own = load_judge_prompts(None)
+    one = Question(5, "writing", ["Write a haiku about rain."])
+    assert judged_turns(one) == (1,) and judged_turns(Question(6, "stem", ["a", "b"])) == (1, 2)
+    text = single_messages(prompt_for(own, "single", one, 1), one, ["Rain taps."], 1)[1]["content"]
+    assert "Write a haiku about rain." in text and "Rain taps." in text
+    pair = pair_messages(prompt_for(own, "pairwise", one, 1), one, ["A."], ["B."], 1)[1]["content"]
+    assert "A." in pair and "B." in pair
 
 
 def test_official_questions_references_and_prompts_load() -> None:
@@ -162,6 +284,15 @@ def test_official_files_run_through_generate_and_judge(base_model: Path, tmp_pat
     single = [json.loads(x) for x in next((tmp_path / "judgments").glob("*_single.jsonl")).read_text().splitlines()]
     assert {r["judge"][1] for r in single} >= {"single-v1", "single-math-v1", "single-math-v1-multi-turn"}
     overall = metrics["base-a"]["overall"]
-    assert overall["judged"] + overall["parse_failures"] == 4
+    assert overall["judged"] + overall["failures"] == 4
+    statuses = {r["judge_status"] for r in single}
+    assert statuses <= {"ok", "truncated", "unparseable", "out_of_range", "empty"}
+    assert all((r["score"] == -1) == (r["judge_status"] != "ok") for r in single)
+    cut = [r for r in single if r["judge_status"] == "truncated"]
+    assert all(r["finish_reason"] == "length" for r in cut)
+    assert sum(overall["failure_kinds"].values()) == overall["failures"]
+    deviations = metrics["comparability"]["deviations"]
+    assert not metrics["comparability"]["comparable"]
+    assert "answers capped at 8 tokens (official 1024)" in deviations and "2 items judged (official 80)" in deviations
     pairs = metrics["pairwise_vs_base-b"]
     assert sum(pairs[k] for k in ("win", "tie", "loss", "error")) == 4

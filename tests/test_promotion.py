@@ -12,57 +12,107 @@ from tunefold.config import GateSettings
 from tunefold.cycle.promotion import Scores, decide
 from tunefold.pipeline.lock import WorkspaceLock
 
-GATE = GateSettings(mt_bench_tolerance=0.2, flask_tolerance=0.25, max_parse_failure_rate=0.1, tie_margin=0.1)
+GATE = GateSettings(mt_bench_tolerance=0.2, flask_tolerance=0.25, max_failure_rate=0.1)
 
 
-def scores(mt: float | None, flask: dict[str, float] | None = None, failures: int = 0, pairwise: dict | None = None,
-           baseline: str | None = None) -> Scores:  # fmt: skip
-    return Scores(mt, 20, failures, flask or {"comprehension": 3.0, "factuality": 3.0}, 10, 0, pairwise, baseline)
+def scores(
+    mt: float | None,
+    flask: dict[str, float] | None = None,
+    failures: int = 0,
+    pairwise: dict | None = None,
+    baseline: str | None = None,
+    per_question: dict[str, float] | None = None,
+    trusted: bool | None = True,
+    judge: str = "gpt-4",
+) -> Scores:
+    return Scores(
+        mt,
+        20,
+        failures,
+        flask or {"comprehension": 3.0, "factuality": 3.0},
+        10,
+        0,
+        pairwise,
+        baseline,
+        per_question or {},
+        judge,
+        trusted,
+        ["32/32 pairwise verdicts followed the answer's position"] if trusted is False else [],
+    )
+
+
+def questions(base: float, shift: float = 0.0, noise: float = 0.0) -> dict[str, float]:
+    """Per-question MT-Bench means of 20 questions: a spread around `base`, moved by `shift`, with an
+    alternating +-noise that makes a difference uncertain."""
+    return {str(q): base + (q % 5) * 0.5 + shift + (noise if q % 2 else -noise) for q in range(20)}
 
 
 def test_first_model_is_promoted_when_its_judgments_parse() -> None:
     d = decide(scores(5.0), None, GATE, None)
     assert d.promote and "first model" in d.reason
-    d = decide(scores(5.0, failures=4), None, GATE, None)  # 4 of 34 replies unparseable > 10%
-    assert not d.promote and d.reason.startswith("rejected by parse_failure_rate: 0.1176")
+    d = decide(scores(5.0, failures=4), None, GATE, None)  # 4 of 34 calls without a clean score > 10%
+    assert not d.promote and d.reason.startswith("rejected by failure_rate: 0.1176")
     assert not decide(scores(None), None, GATE, None).promote  # nothing was scored
+    assert decide(scores(5.0, trusted=False), None, GATE, None).promote  # nothing to compare: no judge verdict
 
 
-def test_better_challenger_is_promoted_with_every_number_recorded() -> None:
-    d = decide(scores(6.0), scores(5.5), GATE, "model-v1")
-    assert d.promote
+def test_clearly_better_challenger_is_promoted_with_every_number_recorded() -> None:
+    champion = scores(5.5, per_question=questions(5.0))
+    d = decide(scores(6.0, per_question=questions(5.0, shift=0.5, noise=0.1)), champion, GATE, "model-v1")
+    assert d.promote and "95% interval [+0.460, +0.540]" in d.reason
     checks = {c.name: c for c in d.checks}
     assert checks["mt_bench_not_worse"].challenger == 6.0 and checks["mt_bench_not_worse"].champion == 5.5
-    assert {"flask:comprehension", "flask:factuality", "parse_failure_rate"} <= set(checks)
+    assert {"flask:comprehension", "flask:factuality", "failure_rate", "judge_trusted", "same_judge"} <= set(checks)
 
 
 @pytest.mark.parametrize(
     ("challenger", "reason"),
     [
-        (scores(5.25), "rejected by mt_bench_not_worse"),  # 0.25 below, tolerance 0.2
+        (scores(5.0, per_question=questions(5.0, shift=-0.5)), "rejected by mt_bench_not_worse"),  # tol 0.2
+        (scores(5.2, per_question=questions(5.0, shift=-0.25)), "rejected by mt_bench_not_worse"),  # 0.25 > 0.2
         (scores(7.0, {"comprehension": 3.5, "factuality": 2.7}), "rejected by flask:factuality"),  # -0.3 > 0.25
     ],
 )
 def test_regressions_beyond_tolerance_are_rejected(challenger: Scores, reason: str) -> None:
-    d = decide(challenger, scores(5.5), GATE, "model-v1")
+    d = decide(challenger, scores(5.5, per_question=questions(5.0)), GATE, "model-v1")
     assert not d.promote and d.reason.startswith(reason)
 
 
-def test_within_tolerance_is_not_a_regression() -> None:
-    assert decide(scores(5.4, {"comprehension": 2.8, "factuality": 3.0}), scores(5.2), GATE, "model-v1").promote
-
-
-def test_ties_are_decided_pairwise_against_the_champion_only() -> None:
-    champion = scores(5.5)
-    won = scores(5.55, pairwise={"win": 5, "tie": 3, "loss": 2}, baseline="model-v1")
-    lost = scores(5.55, pairwise={"win": 2, "tie": 3, "loss": 5}, baseline="model-v1")
-    against_base = scores(5.55, pairwise={"win": 9, "tie": 0, "loss": 0}, baseline="base")
+def test_an_uncertain_difference_is_a_tie_only_pairwise_against_the_champion_breaks() -> None:
+    """A higher mean whose paired interval spans zero is not a win: the pairwise judgment against the champion
+    decides, and wins against another model say nothing."""
+    champion = scores(5.5, per_question=questions(5.0))
+    noisy = questions(5.0, shift=0.1, noise=1.5)
+    won = scores(5.6, pairwise={"win": 5, "tie": 3, "loss": 2}, baseline="model-v1", per_question=noisy)
+    lost = scores(5.6, pairwise={"win": 2, "tie": 3, "loss": 5}, baseline="model-v1", per_question=noisy)
+    against_base = scores(5.6, pairwise={"win": 9, "tie": 0, "loss": 0}, baseline="base", per_question=noisy)
     assert decide(won, champion, GATE, "model-v1").promote
     assert not decide(lost, champion, GATE, "model-v1").promote
-    d = decide(against_base, champion, GATE, "model-v1")  # wins against another model say nothing here
+    d = decide(against_base, champion, GATE, "model-v1")
     assert not d.promote and "no pairwise judgment against the champion" in d.reason
-    no_tiebreak = GATE.model_copy(update={"tie_margin": -1.0})
-    assert decide(against_base, champion, no_tiebreak, "model-v1").promote
+    assert "95% interval [-" in d.reason  # the interval that made it a tie is in the reason
+
+
+def test_a_judge_that_cannot_tell_answers_apart_decides_nothing() -> None:
+    champion = scores(5.5, per_question=questions(5.0))
+    blind = scores(9.0, per_question=questions(5.0, shift=3.0), trusted=False)
+    d = decide(blind, champion, GATE, "model-v1")
+    assert not d.promote and d.reason.startswith("rejected by judge_trusted") and "followed" in d.reason
+    unaudited = scores(9.0, per_question=questions(5.0, shift=3.0), trusted=None)
+    assert "not audited" in decide(unaudited, champion, GATE, "model-v1").reason
+    lenient = GATE.model_copy(update={"require_trusted_judge": False})
+    assert decide(blind, champion, lenient, "model-v1").promote
+    other_judge = scores(9.0, per_question=questions(5.0, shift=3.0), judge="gpt-4o")
+    assert decide(other_judge, champion, GATE, "model-v1").reason.startswith("rejected by same_judge")
+
+
+def test_a_champion_without_per_question_scores_is_compared_on_means_and_never_clearly_beaten() -> None:
+    old = scores(5.5)  # a registry entry written before per-question scores were kept
+    d = decide(scores(7.0, per_question=questions(6.0)), old, GATE, "model-v1")
+    assert not d.promote and "uncertainty is unknown" in d.reason
+    assert decide(scores(5.0, per_question=questions(5.0)), old, GATE, "model-v1").reason.startswith(
+        "rejected by mt_bench_not_worse"
+    )
 
 
 def test_lock_admits_one_holder_and_is_freed_when_its_holder_dies(tmp_path: Path) -> None:

@@ -19,8 +19,60 @@ DEFAULT_PARAMS = Path("params.yaml")
 CURRICULUM_ROUNDS = Path("data/curriculum/rounds")  # plan_curriculum writes r1.jsonl ... here
 
 
+_READS: set[str] | None = None  # dotted keys read while recording (see `record_reads`)
+_PATHS: dict[int, str] = {}  # id(section) -> its dotted key in params.yaml
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        if _READS is not None and name in type(self).model_fields:
+            path = _PATHS.get(id(self))
+            if path is not None and (not isinstance(value, (Section, dict, list)) or _is_plain(value)):
+                key = type(self).model_fields[name].alias or name
+                _READS.add(f"{path}.{key}" if path else key)
+        return value
+
+    def model_dump(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """A dump reads every key below this section (e.g. into a fingerprint)."""
+        if _READS is not None and (path := _PATHS.get(id(self))) is not None:
+            _READS.add(path)
+        return super().model_dump(*args, **kwargs)
+
+
+def _is_plain(value: Any) -> bool:
+    """A dict or list that holds no sections is a value (e.g. plan.target), not a container of sections."""
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+    return items is not None and not any(isinstance(v, Section) for v in items)
+
+
+def record_reads(params: Section) -> set[str]:
+    """Start recording which params keys the code reads; returns the live set of dotted keys.
+
+    A stage's recorded keys are checked against its `params:` in dvc.yaml by a test: a key the code reads but DVC
+    does not track would leave stale outputs when it changes.
+    """
+    global _READS
+    _PATHS.clear()
+
+    def walk(obj: Any, path: str) -> None:
+        if isinstance(obj, Section):
+            _PATHS[id(obj)] = path
+            for name, field in type(obj).model_fields.items():
+                key = field.alias or name
+                walk(object.__getattribute__(obj, name), f"{path}.{key}" if path else key)
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                walk(v, f"{path}.{i}")
+
+    walk(params, "")
+    _READS = set()
+    return _READS
 
 
 class ModelConfig(Section):
@@ -264,6 +316,12 @@ class EvalConfig(Section):
     baseline: CandidateSettings = CandidateSettings(model_id="base")
     mt_bench: MTBenchSettings = MTBenchSettings()
     flask: FlaskSettings = FlaskSettings()
+    protocol: Literal["official", "quick"] = Field(
+        "quick",
+        description="official: the published MT-Bench/FLASK settings (1024-token answers, the published judge "
+        "lengths, text output, FastChat's prompts; judge_output and max_new_tokens are then not used); quick: "
+        "the settings below. Every score says which, and how it differs from the published protocol",
+    )
     judge_output: Literal["text", "json"] = Field(
         "text",
         description="text: the protocols' own formats ([[rating]], [[A]], a trailing skill dict), for capable "
@@ -432,16 +490,23 @@ class GateSettings(Section):
     """When a retrained model (the challenger) replaces the current one (the champion)."""
 
     mt_bench_tolerance: float = Field(
-        0.0, ge=0, description="the challenger's MT-Bench mean may be at most this far below the champion's"
+        0.0,
+        ge=0,
+        description="rejected when the paired 95% interval of challenger - champion (MT-Bench, per question) lies "
+        "wholly below minus this",
     )
     flask_tolerance: float = Field(0.25, ge=0, description="no FLASK skill (1-5) may fall by more than this")
-    max_parse_failure_rate: float = Field(
-        0.2, ge=0, le=1, description="share of unparseable judge replies (MT-Bench + FLASK) above which it is rejected"
+    max_failure_rate: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="share of judge calls without a clean score (failed, cut, unparseable, off the scale), MT-Bench "
+        "+ FLASK, above which it is rejected",
     )
-    tie_margin: float = Field(
-        0.1,
-        description="MT-Bench means this close count as a tie, which pairwise against the champion decides; "
-        "negative: no tie-break (a challenger within the tolerances is promoted)",
+    require_trusted_judge: bool = Field(
+        True,
+        description="against a champion, promote only when the judge audit trusts the judge (eval.audit); the "
+        "first model is promoted on parsed judgments alone",
     )
 
 

@@ -1,6 +1,7 @@
 """The promotion gate: a retrained model (challenger) replaces the current one (champion) only when the
-evaluation says it is not worse. Pure functions over the evaluation summary (`reports/eval/summary.json`), so every
-rule is tested on hand-written scores, and every number behind a decision is kept with it."""
+evaluation says it is not worse, by a judge that can tell answers apart. Pure functions over the evaluation summary
+(`reports/eval/summary.json`), so every rule is tested on hand-written scores, and every number behind a decision is
+kept with it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tunefold.config import GateSettings
+from tunefold.eval.uncertainty import paired_interval
 
 
 @dataclass(frozen=True)
@@ -22,20 +24,29 @@ class Scores:
     flask_failures: int
     pairwise: dict[str, Any] | None = None  # the candidate vs `baseline`
     baseline: str | None = None
+    mt_bench_per_question: dict[str, float] = field(default_factory=dict)  # for the paired interval
+    judge: str | None = None
+    judge_trusted: bool | None = None  # the judge audit's verdict (None: not audited)
+    judge_notes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_summary(cls, s: dict[str, Any]) -> Scores:
         mt, fl = s.get("mt_bench", {}), s.get("flask", {})
         skills = {k: float(v["mean"]) for k, v in fl.get("skills", {}).items() if v.get("mean") is not None}
+        audit = s.get("audit") or {}
         return cls(
             mt_bench=mt.get("overall"),
             mt_bench_judged=int(mt.get("judged", 0)),
-            mt_bench_failures=int(mt.get("parse_failures", 0)),
+            mt_bench_failures=int(mt.get("failures", mt.get("parse_failures", 0))),
             flask=skills,
             flask_judged=sum(int(v.get("n", 0)) for v in fl.get("skills", {}).values()),
-            flask_failures=int(fl.get("parse_failures", 0)),
+            flask_failures=int(fl.get("failures", fl.get("parse_failures", 0))),
             pairwise=mt.get("pairwise_vs_baseline"),
             baseline=s.get("baseline"),
+            mt_bench_per_question=dict(mt.get("per_question", {})),
+            judge=(s.get("judge") or {}).get("mt_bench"),
+            judge_trusted=audit.get("trusted"),
+            judge_notes=list(audit.get("notes", [])),
         )
 
     @property
@@ -65,36 +76,101 @@ class Decision:
 
 
 def decide(challenger: Scores, champion: Scores | None, gate: GateSettings, champion_id: str | None) -> Decision:
-    """Apply the gate's rules in order; the first failed rule is the reason for a rejection."""
-    checks = [Check("parse_failure_rate", challenger.failure_rate <= gate.max_parse_failure_rate,
-                    round(challenger.failure_rate, 4), limit=gate.max_parse_failure_rate)]  # fmt: skip
-    checks.append(Check("mt_bench_scored", challenger.mt_bench is not None, challenger.mt_bench_judged))
+    """Apply the gate's rules in order; the first failed rule is the reason for a rejection.
+
+    Against a champion, the MT-Bench difference is read from a paired bootstrap interval over the questions both
+    were judged on: clearly worse (beyond the tolerance) rejects, clearly better promotes, an interval around zero
+    is a tie that only a pairwise judgment against the champion can break. A judge the audit did not trust, or a
+    different judge from the champion's, decides nothing.
+    """
+    checks = [
+        Check(
+            "failure_rate",
+            challenger.failure_rate <= gate.max_failure_rate,
+            round(challenger.failure_rate, 4),
+            limit=gate.max_failure_rate,
+        ),
+        Check("mt_bench_scored", challenger.mt_bench is not None, challenger.mt_bench_judged),
+    ]
     if not all(c.passed for c in checks):
         return Decision(False, _failed(checks), checks)
     if champion is None:
         return Decision(True, "first model: no champion to beat", checks)
-    assert challenger.mt_bench is not None
-    delta = challenger.mt_bench - (champion.mt_bench or 0.0)
-    checks.append(Check("mt_bench_not_worse", delta >= -gate.mt_bench_tolerance, challenger.mt_bench,
-                        champion.mt_bench, -gate.mt_bench_tolerance, f"delta {delta:+.3f}"))  # fmt: skip
-    for skill in sorted(set(challenger.flask) & set(champion.flask)):
-        d = challenger.flask[skill] - champion.flask[skill]
-        checks.append(Check(f"flask:{skill}", d >= -gate.flask_tolerance, challenger.flask[skill],
-                            champion.flask[skill], -gate.flask_tolerance, f"delta {d:+.3f}"))  # fmt: skip
+    if gate.require_trusted_judge:
+        notes = "; ".join(challenger.judge_notes) or "the judge was not audited"
+        checks.append(Check("judge_trusted", challenger.judge_trusted is True, challenger.judge_trusted, note=notes))
+    checks.append(
+        Check(
+            "same_judge",
+            challenger.judge == champion.judge,
+            challenger.judge,
+            champion.judge,
+            note="scores from different judges are not comparable",
+        )
+    )
     if not all(c.passed for c in checks):
         return Decision(False, _failed(checks), checks)
-    if delta > gate.tie_margin:
-        return Decision(True, f"MT-Bench {delta:+.3f} against the champion, within every tolerance", checks)
+    assert challenger.mt_bench is not None
+    for skill in sorted(set(challenger.flask) & set(champion.flask)):
+        d = challenger.flask[skill] - champion.flask[skill]
+        checks.append(
+            Check(
+                f"flask:{skill}",
+                d >= -gate.flask_tolerance,
+                challenger.flask[skill],
+                champion.flask[skill],
+                -gate.flask_tolerance,
+                f"delta {d:+.3f}",
+            )
+        )
+    paired = paired_interval(challenger.mt_bench_per_question, champion.mt_bench_per_question)
+    if paired is None:
+        delta = challenger.mt_bench - (champion.mt_bench or 0.0)
+        low = high = delta
+        note = f"delta {delta:+.3f}; no per-question scores to pair: the difference's uncertainty is unknown"
+    else:
+        low, high = paired["low"], paired["high"]
+        note = (
+            f"paired difference {paired['difference']:+.3f}, 95% interval [{low:+.3f}, {high:+.3f}] "
+            f"over {paired['questions']} questions"
+        )
+    checks.append(
+        Check(
+            "mt_bench_not_worse",
+            high >= -gate.mt_bench_tolerance,
+            challenger.mt_bench,
+            champion.mt_bench,
+            -gate.mt_bench_tolerance,
+            note,
+        )
+    )
+    if not all(c.passed for c in checks):
+        return Decision(False, _failed(checks), checks)
+    if paired is not None and low > 0:
+        return Decision(True, f"MT-Bench better than the champion ({note}), within every tolerance", checks)
     pair = challenger.pairwise if champion_id is not None and challenger.baseline == champion_id else None
     if pair is None:
-        checks.append(Check("pairwise_vs_champion", False, None, note="tie on MT-Bench and no pairwise judgment "
-                            "against the champion (set eval.baseline to it)"))  # fmt: skip
+        checks.append(
+            Check(
+                "pairwise_vs_champion",
+                False,
+                None,
+                note=f"MT-Bench cannot tell the two apart ({note}) and there is no pairwise judgment against "
+                "the champion (set eval.baseline to it)",
+            )
+        )
         return Decision(False, _failed(checks), checks)
     wins, losses = int(pair.get("win", 0)), int(pair.get("loss", 0))
-    checks.append(Check("pairwise_vs_champion", wins > losses, f"{wins}W/{pair.get('tie', 0)}T/{losses}L",
-                        note="tie on MT-Bench: more pairwise wins than losses needed"))  # fmt: skip
+    checks.append(
+        Check(
+            "pairwise_vs_champion",
+            wins > losses,
+            f"{wins}W/{pair.get('tie', 0)}T/{losses}L",
+            note=f"MT-Bench cannot tell the two apart ({note}): more pairwise wins than losses needed",
+        )
+    )
     ok = wins > losses
-    return Decision(ok, "tie on MT-Bench, won pairwise against the champion" if ok else _failed(checks), checks)
+    return Decision(ok, "MT-Bench tie, won pairwise against the champion" if ok else _failed(checks), checks)
 
 
 def _failed(checks: list[Check]) -> str:

@@ -1,19 +1,40 @@
 """Judge calls shared by every stage that asks an LLM to grade: MT-Bench, TAPIR's difficulty, CodecLM's filter.
 
-Each call returns (value, failure, result): a parsed score or verdict, or the reason there is none, so callers keep
-parse failures apart from scores.
+A call returns a `Judgment`: a value only when the reply was complete and parsed on the first, greedy try; else the
+kind of failure (call failed, reply cut by max_tokens, unparseable, rating off the scale), so callers count each
+kind apart and never average a failure in.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from tunefold.eval.mtbench import JSON_INSTRUCTION, JudgePrompt, RatingReply, VerdictReply
 from tunefold.llm import ChatRequest, ChatResult, Gateway, Parsed, parse_rating, parse_verdict
+from tunefold.llm.parsing import FailureKind, failed
 from tunefold.train.training import sha256_text
+
+Status = Literal["ok"] | FailureKind
+
+
+@dataclass(frozen=True)
+class Judgment:
+    value: Any | None
+    status: Status
+    detail: str | None
+    result: ChatResult
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def of(cls, parsed: Parsed[Any], result: ChatResult) -> Judgment:
+        return cls(parsed.value, "ok" if parsed.ok else (parsed.kind or "unparseable"), parsed.failure, result)
 
 
 def template_hash(p: JudgePrompt) -> str:
@@ -21,21 +42,31 @@ def template_hash(p: JudgePrompt) -> str:
 
 
 def ask_judge(
-    gw: Gateway, kind: str, messages: list[dict[str, str]], p: JudgePrompt, json_output: bool
-) -> tuple[Any, str | None, ChatResult]:
-    """A rating or a verdict, from the protocol's text format or from structured JSON."""
+    gw: Gateway,
+    kind: str,
+    messages: list[dict[str, str]],
+    p: JudgePrompt,
+    json_output: bool,
+    max_tokens: int | None = None,
+    attempts: int = 1,
+) -> Judgment:
+    """A rating or a verdict, from the protocol's text format or from structured JSON.
+
+    Evaluation makes one greedy call (`attempts=1`); data selection (TAPIR's difficulty) may re-ask a JSON judge
+    with sampling, since there a value matters more than the protocol.
+    """
     if json_output:
         messages = [{"role": "system", "content": messages[0]["content"] + JSON_INSTRUCTION[kind]}, *messages[1:]]
-    req = ChatRequest(messages=messages, temperature=0.0, template_hash=template_hash(p))
+    req = ChatRequest(messages=messages, temperature=0.0, max_tokens=max_tokens, template_hash=template_hash(p))
     if not json_output:
         parser, name = (parse_rating, "mt_bench_rating") if kind == "single" else (parse_verdict, "mt_bench_verdict")
-        parsed, result = gw.chat_parsed("judge", req, parser, name)
-        return (parsed.value if parsed.ok else None), parsed.failure, result
-    parsed, result = gw.chat_json("judge", req, RatingReply if kind == "single" else VerdictReply, attempts=2)
+        return Judgment.of(*gw.chat_parsed("judge", req, parser, name))
+    parsed, result = gw.chat_json("judge", req, RatingReply if kind == "single" else VerdictReply, attempts)
     if not parsed.ok or parsed.value is None:
-        return None, parsed.failure, result
+        return Judgment.of(parsed, result)
     reply = parsed.value
-    return (reply.rating if isinstance(reply, RatingReply) else reply.verdict), None, result
+    value = reply.rating if isinstance(reply, RatingReply) else reply.verdict
+    return Judgment(value, "ok", None, result)
 
 
 class PairScores(BaseModel):
@@ -60,13 +91,13 @@ _PAIR = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*\]\]")
 def parse_pair_scores(text: str | None) -> Parsed[Any]:
     """The last `[[a, b]]` in the reply; scores outside 1-10 are a failure."""
     if not text:
-        return Parsed(None, "empty reply", text)
+        return failed("empty", "empty reply", text)
     found = _PAIR.findall(text)
     if not found:
-        return Parsed(None, "no [[a, b]] scores in reply", text)
+        return failed("unparseable", "no [[a, b]] scores in reply", text)
     a, b = (float(x) for x in found[-1])
     if not (1 <= a <= 10 and 1 <= b <= 10):
-        return Parsed(None, f"scores {a:g}, {b:g} outside 1-10", text)
+        return failed("out_of_range", f"scores {a:g}, {b:g} outside 1-10", text)
     return Parsed((a, b), None, text)
 
 

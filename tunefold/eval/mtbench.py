@@ -9,7 +9,7 @@ Questions: `{question_id, category, turns: [t1, t2], reference?}`. Answers and r
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,24 +18,41 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from tunefold.errors import InputError
+from tunefold.eval.uncertainty import question_interval
 from tunefold.io import read_appended, read_jsonl
 
 # Per-category sampling temperature of MT-Bench's answer generation.
-TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
-               "stem": 0.1, "humanities": 0.1}  # fmt: skip
+TEMPERATURE = {
+    "writing": 0.7,
+    "roleplay": 0.7,
+    "extraction": 0.0,
+    "math": 0.0,
+    "coding": 0.0,
+    "reasoning": 0.0,
+    "stem": 0.1,
+    "humanities": 0.1,
+}
 NEED_REFERENCE = ("math", "reasoning", "coding")
 OWN_PROMPTS = {  # (type, with reference, multi-turn) -> template name in tunefold/templates/judge_prompts.jsonl
-    ("single", False, False): "tunefold-single", ("single", True, False): "tunefold-single-ref",
-    ("single", False, True): "tunefold-single-multi-turn", ("single", True, True): "tunefold-single-ref-multi-turn",
-    ("pairwise", False, False): "tunefold-pair", ("pairwise", True, False): "tunefold-pair-ref",
-    ("pairwise", False, True): "tunefold-pair-multi-turn", ("pairwise", True, True): "tunefold-pair-ref-multi-turn",
-}  # fmt: skip
+    ("single", False, False): "tunefold-single",
+    ("single", True, False): "tunefold-single-ref",
+    ("single", False, True): "tunefold-single-multi-turn",
+    ("single", True, True): "tunefold-single-ref-multi-turn",
+    ("pairwise", False, False): "tunefold-pair",
+    ("pairwise", True, False): "tunefold-pair-ref",
+    ("pairwise", False, True): "tunefold-pair-multi-turn",
+    ("pairwise", True, True): "tunefold-pair-ref-multi-turn",
+}
 FASTCHAT_PROMPTS = {
-    ("single", False, False): "single-v1", ("single", True, False): "single-math-v1",
-    ("single", False, True): "single-v1-multi-turn", ("single", True, True): "single-math-v1-multi-turn",
-    ("pairwise", False, False): "pair-v2", ("pairwise", True, False): "pair-math-v1",
-    ("pairwise", False, True): "pair-v2-multi-turn", ("pairwise", True, True): "pair-math-v1-multi-turn",
-}  # fmt: skip
+    ("single", False, False): "single-v1",
+    ("single", True, False): "single-math-v1",
+    ("single", False, True): "single-v1-multi-turn",
+    ("single", True, True): "single-math-v1-multi-turn",
+    ("pairwise", False, False): "pair-v2",
+    ("pairwise", True, False): "pair-math-v1",
+    ("pairwise", False, True): "pair-v2-multi-turn",
+    ("pairwise", True, True): "pair-math-v1-multi-turn",
+}
 
 
 class RatingReply(BaseModel):
@@ -77,7 +94,11 @@ class JudgePrompt:
 
 
 def load_questions(path: Path, references: Path | None = None, ids: list[int] | None = None) -> list[Question]:
-    """Questions in FastChat's format, with reference answers (answer-row format) attached by question_id."""
+    """Questions in FastChat's format, with reference answers (answer-row format) attached by question_id.
+
+    References come only from the reference file, as in FastChat: a question file's own `reference` field is a
+    note, not what the judge is shown (`require_references` checks that judging has what it needs).
+    """
     refs: dict[int, list[str]] = {}
     if references is not None:
         for row in read_jsonl(references):
@@ -90,11 +111,22 @@ def load_questions(path: Path, references: Path | None = None, ids: list[int] | 
         qid = int(row["question_id"])
         if ids and qid not in ids:
             continue
-        ref = refs.get(qid) or row.get("reference")
-        questions.append(Question(qid, row["category"], list(row["turns"]), list(ref) if ref else None))
+        questions.append(Question(qid, row["category"], list(row["turns"]), refs.get(qid)))
     if not questions:
         raise InputError(f"{path}: no questions" + (f" with ids {ids}" if ids else ""))
     return questions
+
+
+def require_references(questions: list[Question], references: Path | None) -> None:
+    """Math, reasoning and coding are judged against a reference answer; FastChat refuses to judge them without
+    one, and so do we (judging them with the plain prompt would silently change the protocol)."""
+    unreferenced = [q.question_id for q in questions if q.category in NEED_REFERENCE and q.reference is None]
+    if unreferenced:
+        source = f"reference file {references}" if references else "no reference file (eval.mt_bench.references)"
+        raise InputError(
+            f"{len(unreferenced)} {'/'.join(NEED_REFERENCE)} question(s) have no reference answer in {source}: "
+            f"question ids {unreferenced[:20]}; MT-Bench judges these against a reference"
+        )
 
 
 def load_judge_prompts(path: Path | None) -> dict[tuple[str, bool, bool], JudgePrompt]:
@@ -113,8 +145,13 @@ def load_judge_prompts(path: Path | None) -> dict[tuple[str, bool, bool], JudgeP
 
 
 def answer_row(question_id: int, model_id: str, turns: list[str], tstamp: float) -> dict[str, Any]:
-    return {"question_id": question_id, "answer_id": f"{model_id}-{question_id}", "model_id": model_id,
-            "choices": [{"index": 0, "turns": turns}], "tstamp": tstamp}  # fmt: skip
+    return {
+        "question_id": question_id,
+        "answer_id": f"{model_id}-{question_id}",
+        "model_id": model_id,
+        "choices": [{"index": 0, "turns": turns}],
+        "tstamp": tstamp,
+    }
 
 
 def load_answers(path: Path) -> dict[int, list[str]]:
@@ -122,25 +159,43 @@ def load_answers(path: Path) -> dict[int, list[str]]:
     return {int(row["question_id"]): list(row["choices"][0]["turns"]) for row in read_appended(path)}
 
 
+def judged_turns(q: Question) -> tuple[int, ...]:
+    """The turns MT-Bench judges: the first, and the second when the question has one (Vicuna-style files do not)."""
+    return (1, 2) if len(q.turns) > 1 else (1,)
+
+
 def single_messages(p: JudgePrompt, q: Question, answers: list[str], turn: int) -> list[dict[str, str]]:
     """Judge messages for one turn (1-based); turn 2 shows the whole conversation."""
-    ref = q.reference or ["", ""]
+    ref = [*(q.reference or []), "", ""]
     if turn == 1:
         user = p.prompt_template.format(question=q.turns[0], answer=answers[0], ref_answer_1=ref[0])
     else:
-        user = p.prompt_template.format(question_1=q.turns[0], answer_1=answers[0], question_2=q.turns[1],
-                                        answer_2=answers[1], ref_answer_1=ref[0], ref_answer_2=ref[1])  # fmt: skip
+        user = p.prompt_template.format(
+            question_1=q.turns[0],
+            answer_1=answers[0],
+            question_2=q.turns[1],
+            answer_2=answers[1],
+            ref_answer_1=ref[0],
+            ref_answer_2=ref[1],
+        )
     return [{"role": "system", "content": p.system_prompt}, {"role": "user", "content": user}]
 
 
 def pair_messages(p: JudgePrompt, q: Question, a: list[str], b: list[str], turn: int) -> list[dict[str, str]]:
-    ref = q.reference or ["", ""]
+    ref = [*(q.reference or []), "", ""]
     if turn == 1:
         user = p.prompt_template.format(question=q.turns[0], answer_a=a[0], answer_b=b[0], ref_answer_1=ref[0])
     else:
-        user = p.prompt_template.format(question_1=q.turns[0], question_2=q.turns[1], answer_a_1=a[0],
-                                        answer_a_2=a[1], answer_b_1=b[0], answer_b_2=b[1], ref_answer_1=ref[0],
-                                        ref_answer_2=ref[1])  # fmt: skip
+        user = p.prompt_template.format(
+            question_1=q.turns[0],
+            question_2=q.turns[1],
+            answer_a_1=a[0],
+            answer_a_2=a[1],
+            answer_b_1=b[0],
+            answer_b_2=b[1],
+            ref_answer_1=ref[0],
+            ref_answer_2=ref[1],
+        )
     return [{"role": "system", "content": p.system_prompt}, {"role": "user", "content": user}]
 
 
@@ -161,30 +216,43 @@ def combine_orders(g1: str | None, g2: str | None) -> str:
 
 
 def aggregate_single(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean rating overall, per turn and per category; failures (score -1) counted, never averaged."""
-    scores: dict[str, list[float]] = defaultdict(list)
-    failures: dict[str, int] = defaultdict(int)
+    """Mean rating overall, per turn and per category, as FastChat's show_result computes it (score -1 left out),
+    with a 95% bootstrap interval over questions; each failure kind (`judge_status`) counted apart, never
+    averaged."""
+    scores: dict[str, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+    failures: dict[str, Counter[str]] = defaultdict(Counter)
     for r in rows:
         keys = ("overall", f"turn_{r['turn']}", f"category/{r['category']}")
-        if r["score"] < 0:
-            for k in keys:
-                failures[k] += 1
-            continue
         for k in keys:
-            scores[k].append(float(r["score"]))
+            if r["score"] < 0:
+                failures[k][r.get("judge_status") or "unparseable"] += 1
+            else:
+                scores[k][r["question_id"]].append(float(r["score"]))
     out: dict[str, Any] = {}
     for k in sorted(set(scores) | set(failures)):
-        vals = scores.get(k, [])
-        out[k] = {"mean": round(sum(vals) / len(vals), 3) if vals else None, "judged": len(vals),
-                  "parse_failures": failures.get(k, 0)}  # fmt: skip
+        vals = [x for v in scores[k].values() for x in v]
+        interval = question_interval(scores[k])
+        out[k] = {
+            "mean": round(sum(vals) / len(vals), 3) if vals else None,
+            "interval": list(interval) if interval else None,
+            "judged": len(vals),
+            "failures": sum(failures[k].values()),
+            "failure_kinds": dict(sorted(failures[k].items())),
+        }
     return out
 
 
 def aggregate_pairs(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Win / tie / loss of model_1 against model_2, errors apart; win rate = (win + tie/2) / decided."""
+    """Win / tie / loss of model_1 against model_2 with FastChat's two rates, errors apart.
+
+    `win_rate` = W / (W + T + L) and `win_rate_adjusted` = (W + T/2) / (W + T + L), as show_result.py names them.
+    """
     counts = {"win": 0, "tie": 0, "loss": 0, "error": 0}
     for r in rows:
         counts[{"model_1": "win", "model_2": "loss", "tie": "tie"}.get(r["result"], "error")] += 1
     decided = counts["win"] + counts["tie"] + counts["loss"]
-    rate = (counts["win"] + 0.5 * counts["tie"]) / decided if decided else None
-    return counts | {"win_rate": round(rate, 4) if rate is not None else None}
+
+    def rate(x: float) -> float | None:
+        return round(x / decided, 4) if decided else None
+
+    return counts | {"win_rate": rate(counts["win"]), "win_rate_adjusted": rate(counts["win"] + 0.5 * counts["tie"])}

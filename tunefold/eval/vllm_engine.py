@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunefold.errors import InputError
+from tunefold.eval.protocol import answer_max_tokens
 from tunefold.train.models import STACK_FILE, adapter_stack
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ class VllmEngine:
             request = LoRARequest(f"adapter{n}", n, adapter)
 
         def answer(convs: list[list[dict[str, str]]], temps: list[float]) -> list[tuple[str, int, bool]]:
-            settings = sampling_settings(temps, self.cfg.max_new_tokens, self.stop_ids, self.cfg.seed)
+            settings = sampling_settings(temps, answer_max_tokens(self.cfg), self.stop_ids, self.cfg.seed)
             outs = self.llm.chat(
                 convs,
                 [SamplingParams(**s) for s in settings],

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from tunefold.config import EndpointConfig, LLMConfig
 from tunefold.errors import TunefoldError
 from tunefold.llm.cache import ResponseCache, is_deterministic, request_key
-from tunefold.llm.parsing import Parsed, parse_model
+from tunefold.llm.parsing import Parsed, failed, parse_model
 from tunefold.llm.secrets import resolve_api_key
 from tunefold.llm.server import EmbeddedServer, gguf_path
 
@@ -65,6 +65,7 @@ class ChatResult:
     attempts: int
     provenance: dict[str, Any]
     usage: dict[str, int] = field(default_factory=dict)
+    finish_reason: str | None = None  # "length": cut by max_tokens (a judge reply cut short is never parsed)
 
     @property
     def ok(self) -> bool:
@@ -106,8 +107,18 @@ class _Endpoint:
 
 
 class _Stats:
-    KEYS = ("requests", "calls_sent", "cache_hits", "cache_misses", "retries", "failed_requests",
-            "prompt_tokens", "completion_tokens")  # fmt: skip
+    KEYS = (
+        "requests",
+        "calls_sent",
+        "cache_hits",
+        "cache_misses",
+        "retries",
+        "failed_requests",
+        "truncated_replies",
+        "parse_retries",
+        "prompt_tokens",
+        "completion_tokens",
+    )
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -218,10 +229,17 @@ class Gateway:
         client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=cfg.timeout)
         log.info("llm.%s -> %s (model %s, concurrency %d)", role, name, model, cfg.concurrency)
         return _Endpoint(
-            role=role, cfg=cfg, name=name, base_url=base_url, model=model, fingerprint=fingerprint,
-            json_mode=json_mode, client=client, slots=threading.Semaphore(cfg.concurrency),
+            role=role,
+            cfg=cfg,
+            name=name,
+            base_url=base_url,
+            model=model,
+            fingerprint=fingerprint,
+            json_mode=json_mode,
+            client=client,
+            slots=threading.Semaphore(cfg.concurrency),
             breaker=_Breaker(self.cfg.breaker_failures),
-        )  # fmt: skip
+        )
 
     # --- one call ---------------------------------------------------------------------------------------------
 
@@ -262,9 +280,12 @@ class Gateway:
         if not cacheable:
             return self._fresh(ep, body, prov, role, key=None)
         with self._key_lock(key):  # identical requests in flight wait for the first one, then read the cache
-            if (hit := self.cache.get(key)) is not None:
+            hit = self.cache.get(key)
+            if hit is not None and "finish_reason" in hit:  # older entries lack it: they could hide a cut reply
                 self.stats.add(role, cache_hits=1)
-                return ChatResult(hit["text"], None, True, 0, prov, hit.get("usage", {}))
+                return self._counted(
+                    role, ChatResult(hit["text"], None, True, 0, prov, hit["usage"], hit["finish_reason"])
+                )
             return self._fresh(ep, body, prov, role, key)
 
     def answer(self, role: str, messages: list[dict[str, str]]) -> str | None:
@@ -277,13 +298,18 @@ class Gateway:
         self, ep: _Endpoint, body: dict[str, Any], prov: dict[str, Any], role: str, key: str | None
     ) -> ChatResult:
         self.stats.add(role, cache_misses=1)
-        text, usage, error, attempts = self._send(ep, body)
+        text, usage, finish, error, attempts = self._send(ep, body)
         if error is not None:
             self.stats.add(role, failed_requests=1)
             return ChatResult(None, error, False, attempts, prov)
         if key is not None:
-            self.cache.put(key, ep.fingerprint, {"text": text, "usage": usage})
-        return ChatResult(text, None, False, attempts, prov, usage)
+            self.cache.put(key, ep.fingerprint, {"text": text, "usage": usage, "finish_reason": finish})
+        return self._counted(role, ChatResult(text, None, False, attempts, prov, usage, finish))
+
+    def _counted(self, role: str, result: ChatResult) -> ChatResult:
+        if result.finish_reason == "length":
+            self.stats.add(role, truncated_replies=1)
+        return result
 
     @contextlib.contextmanager
     def _key_lock(self, key: str) -> Iterator[None]:
@@ -301,7 +327,9 @@ class Gateway:
                 else:
                     self._inflight[key] = (lock, users - 1)
 
-    def _send(self, ep: _Endpoint, body: dict[str, Any]) -> tuple[str | None, dict[str, int], str | None, int]:
+    def _send(
+        self, ep: _Endpoint, body: dict[str, Any]
+    ) -> tuple[str | None, dict[str, int], str | None, str | None, int]:
         import openai
 
         error = ""
@@ -319,13 +347,14 @@ class Gateway:
                 text = resp.choices[0].message.content if resp.choices else None
                 if not isinstance(text, str):
                     raise ValueError("reply has no message content")
+                finish = resp.choices[0].finish_reason
                 usage = {
                     "prompt_tokens": getattr(resp.usage, "prompt_tokens", 0) or 0,
                     "completion_tokens": getattr(resp.usage, "completion_tokens", 0) or 0,
                 }
                 self._account(ep, usage)
                 ep.breaker.record(None)
-                return text, usage, None, attempt
+                return text, usage, finish, None, attempt
             except openai.RateLimitError as e:
                 kind, error, retry_after = "http_429", f"HTTP 429 rate limited: {_short(e)}", _retry_after(e)
             except openai.APIStatusError as e:
@@ -336,7 +365,7 @@ class Gateway:
                     ) from None
                 if e.status_code < 500:
                     self.stats.error(ep.role, f"http_{e.status_code}")
-                    return None, {}, f"HTTP {e.status_code}: {_short(e)}", attempt
+                    return None, {}, None, f"HTTP {e.status_code}: {_short(e)}", attempt
                 kind, error = f"http_{e.status_code}", f"HTTP {e.status_code}: {_short(e)}"
                 retry_after = _retry_after(e)
             except openai.APITimeoutError:
@@ -356,7 +385,7 @@ class Gateway:
                 delay = min(self.cfg.backoff_max, max(delay, retry_after))
             log.debug("llm.%s %s; retry %d in %.2fs", ep.role, error, attempt, delay)
             time.sleep(delay)
-        return None, {}, error, ep.cfg.max_retries + 1
+        return None, {}, None, error, ep.cfg.max_retries + 1
 
     def _account(self, ep: _Endpoint, usage: dict[str, int]) -> None:
         self.stats.add(ep.role, **usage)
@@ -380,32 +409,34 @@ class Gateway:
     def chat_json(
         self, role: str, req: ChatRequest, schema: type[T], attempts: int = 3
     ) -> tuple[Parsed[T], ChatResult]:
-        """Ask for JSON and validate it into `schema`; retry up to `attempts` times, then a typed failure.
+        """Ask for JSON and validate it into `schema`; up to `attempts` tries, then a typed failure.
 
-        Retries sample (temperature 0.7) with seed = attempt number: a greedy retry would repeat the same reply,
-        and the seed keeps each retry deterministic and cacheable.
+        Re-asks sample (temperature 0.7) with seed = attempt number: a greedy re-ask would repeat the same reply,
+        and the seed keeps each deterministic and cacheable. They are counted (`parse_retries`, `Parsed.retries`),
+        so a caller that grades can keep a re-asked value apart from a first-try one.
         """
         base = self.json_request(role, req, schema)
-        parsed: Parsed[T] = Parsed(None, "not attempted")
+        parsed: Parsed[T] = failed("call_failed", "not attempted")
         result = None
         for k in range(attempts):
+            if k:
+                self.stats.add(role, parse_retries=1)
             attempt_req = base if k == 0 else replace(base, temperature=max(0.7, base.temperature or 0), seed=k)
             result = self.chat(role, attempt_req)
-            if not result.ok:
-                return Parsed(None, f"call failed: {result.error}"), result
-            parsed = parse_model(result.text, schema)
-            if parsed.ok:
-                return parsed, result
-        self.stats.parse_failure(role, schema.__name__)
+            parsed = replace(read_reply(result, lambda text: parse_model(text, schema)), retries=k)
+            if parsed.ok or parsed.kind == "call_failed":
+                break
         assert result is not None
-        return Parsed(None, f"{parsed.failure} (after {attempts} attempts)", parsed.raw), result
+        if not parsed.ok:
+            self.stats.parse_failure(role, schema.__name__)
+        return parsed, result
 
     def chat_parsed(
         self, role: str, req: ChatRequest, parser: Callable[[str | None], Parsed[Any]], name: str
     ) -> tuple[Parsed[Any], ChatResult]:
         """A call whose reply is read by a regex parser (e.g. `parse_rating`); failures are counted under `name`."""
         result = self.chat(role, req)
-        parsed = parser(result.text) if result.ok else Parsed(None, f"call failed: {result.error}")
+        parsed = read_reply(result, parser)
         if not parsed.ok:
             self.stats.parse_failure(role, name)
         return parsed, result
@@ -422,9 +453,10 @@ class Gateway:
 
         ep = self.endpoint(role)  # start servers in this thread, not a worker
         results: list[Any] = [None] * len(items)
-        with ThreadPoolExecutor(max_workers=ep.cfg.concurrency) as pool, tqdm(
-            total=len(items), desc=f"{self.stage}: {desc}", unit="req", disable=None
-        ) as bar:  # fmt: skip
+        with (
+            ThreadPoolExecutor(max_workers=ep.cfg.concurrency) as pool,
+            tqdm(total=len(items), desc=f"{self.stage}: {desc}", unit="req", disable=None) as bar,
+        ):
             futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
             pending = set(futures)
             while pending:
@@ -467,6 +499,17 @@ class Gateway:
                     "model": ep.model if ep else None,
                 }
         return out
+
+
+def read_reply(result: ChatResult, parser: Callable[[str | None], Parsed[Any]]) -> Parsed[Any]:
+    """Parse a reply unless the call failed or max_tokens cut it: a cut reply can still match a pattern (a
+    half-written JSON object, an early `[[5]]` in a draft), so it is a failure of its own kind, never a value."""
+    if not result.ok:
+        return failed("call_failed", f"call failed: {result.error}")
+    if result.finish_reason == "length":
+        cap = result.provenance.get("sampling", {}).get("max_tokens")
+        return failed("truncated", f"reply cut at max_tokens={cap} before it ended", result.text)
+    return parser(result.text)
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

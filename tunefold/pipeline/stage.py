@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunefold.config import DEFAULT_PARAMS, Params, load_params
+from tunefold.config import DEFAULT_PARAMS, Params, load_params, record_reads
 from tunefold.errors import TunefoldError
 from tunefold.io import write_json
 from tunefold.train.launch import is_rank, launch_ranks
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from tunefold.llm import Gateway
 
 log = logging.getLogger("tunefold")
+PARAMS_READ = Path(".tunefold/params_read")  # per DVC stage: the params keys its last run read
 
 
 @dataclass
@@ -86,6 +87,7 @@ def stage_main(
         n = processes(ctx.params) if processes and not is_rank() else 1
         if n > 1:
             return launch_ranks(f"tasks.{name}", list(sys.argv[1:] if argv is None else argv), n)
+        reads = record_reads(ctx.params)
         metrics = run(ctx, args)
     except TunefoldError as e:
         print(f"error: {name}: {e}", file=sys.stderr)
@@ -95,7 +97,10 @@ def stage_main(
     if llm is not None:
         metrics["llm"] = llm
     metrics["seconds"] = round(time.perf_counter() - start, 3)
-    if args.metrics and int(os.environ.get("RANK", "0")) == 0:  # one writer under a distributed launch
-        write_json(args.metrics, metrics)
+    if int(os.environ.get("RANK", "0")) == 0:  # one writer under a distributed launch
+        if args.metrics:
+            write_json(args.metrics, metrics)
+        if "DVC_STAGE" in os.environ:  # what this stage read, for the test that checks dvc.yaml's params lists
+            write_json(PARAMS_READ / f"{os.environ['DVC_STAGE']}.json", sorted(reads))
     log.info("%s done in %.1fs", name, metrics["seconds"])
     return 0

@@ -39,8 +39,12 @@ def stage_metrics(stage: Stage, root: Path) -> dict[str, Any]:
 
 
 def stage_summary(stage: Stage, root: Path) -> str:
-    lines = [f"## Stage `{stage.name}`", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in _flat(stage_metrics(stage, root)) if not isinstance(v, list)]
+    metrics = stage_metrics(stage, root)
+    lines = [f"## Stage `{stage.name}`", ""]
+    if isinstance(record := metrics.get("comparability"), dict):  # an evaluation says what its numbers mean first
+        lines += [f"**{record.get('line')}**", ""]
+    lines += ["| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in _flat(metrics) if not isinstance(v, list)]
     lines += ["", "| output | size |", "|---|---|"]
     lines += [f"| `{o}` | {_human(_size(root / o))} |" for o in stage.outs]
     reports = [root / o / "report.md" for o in stage.outs if (root / o / "report.md").is_file()]

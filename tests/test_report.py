@@ -1,0 +1,154 @@
+"""The evaluation report as people read it: rendered by headless Chromium, with real tables and loaded images."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tunefold.config import Params
+from tunefold.eval.mtbench import aggregate_pairs, aggregate_single, answer_row, combine_orders
+from tunefold.eval.uncertainty import paired_interval, per_question_means
+from tunefold.pipeline.stage import StageContext
+
+QUESTIONS = ROOT / "data/benchmarks/mt_bench_mini/question.jsonl"
+
+
+def _chromium() -> str | None:
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def _inputs(tmp: Path) -> dict[str, Path]:
+    """Judgment rows and stage metrics built with the real aggregation code from hand-written ratings."""
+    qs = [json.loads(x) for x in QUESTIONS.read_text().splitlines() if x.strip()]
+    single = []
+    for model, shift in (("candidate", 1), ("base", 0)):
+        for i, q in enumerate(qs):
+            for turn in (1, 2):
+                score = -1 if (model, i, turn) == ("candidate", 0, 2) else 3 + (i + turn + shift) % 6
+                status = "truncated" if score < 0 else "ok"
+                single.append(
+                    {
+                        "question_id": q["question_id"],
+                        "model": model,
+                        "turn": turn,
+                        "category": q["category"],
+                        "score": score,
+                        "judge_status": status,
+                        "judgment": f"judge says {score}",
+                    }
+                )
+    pairs = [
+        {"g1_winner": g, "g2_winner": "model_1", "result": combine_orders(g, "model_1")}
+        for g in ("model_1", "model_2", "tie", "model_1")
+    ]
+    judgments = tmp / "judgments"
+    judgments.mkdir()
+    (judgments / "judge_single.jsonl").write_text("".join(json.dumps(r) + "\n" for r in single))
+    answers = tmp / "candidate.jsonl"
+    answers.write_text(
+        "".join(json.dumps(answer_row(q["question_id"], "candidate", ["a1", "a2"], 0)) + "\n" for q in qs)
+    )
+    by = {m: [r for r in single if r["model"] == m] for m in ("candidate", "base")}
+    mt = {m: aggregate_single(rows) for m, rows in by.items()}
+    mt |= {
+        "judge": "smollm2",
+        "pairwise_vs_base": aggregate_pairs(pairs),
+        "paired_vs_base": paired_interval(per_question_means(by["candidate"]), per_question_means(by["base"])),
+        "settings": {"protocol": "quick"},
+        "comparability": {"protocol": "quick", "comparable": False, "line": "not comparable: answers capped"},
+        "llm": {"judge": {"cost_usd": 0.0, "retries": 2, "truncated_replies": 1}},
+    }
+    skills = {"Factuality": {"mean": 3.5, "n": 4, "interval": [3.0, 4.0]}, "Readability": {"mean": 4.0, "n": 4}}
+    fl = {
+        "judge": "smollm2",
+        "candidate": {"skill": skills, "failures": 1, "failure_kinds": {"unparseable": 1}},
+        "base": {"skill": {"Factuality": {"mean": 3.0, "n": 4}, "Readability": {"mean": 2.5, "n": 4}}},
+    }
+    audit = {
+        "trusted": False,
+        "notes": ["this judge cannot tell answers apart: 4/4 verdicts followed position"],
+        "checks": [{"name": "position", "passed": False, "value": 1.0, "limit": 0.5, "detail": "4/4"}],
+    }
+    paths = {"mt": tmp / "mt.json", "fl": tmp / "fl.json", "audit": tmp / "audit.json"}
+    for key, data in (("mt", mt), ("fl", fl), ("audit", audit)):
+        paths[key].write_text(json.dumps(data))
+    return paths | {"judgments": judgments, "answers": answers}
+
+
+def test_report_renders_tables_both_models_and_the_judge_audit(tmp_path: Path) -> None:
+    from tasks.report import report
+
+    p = _inputs(tmp_path)
+    params = Params.model_validate(
+        {"ingest": {"sources": [{"path": "x.jsonl"}]}, "eval": {"mt_bench": {"questions": str(QUESTIONS)}}}
+    )
+    out = tmp_path / "report"
+    metrics = report(
+        StageContext("report", params),
+        p["mt"],
+        p["fl"],
+        p["judgments"],
+        p["answers"],
+        out,
+        tmp_path / "history.jsonl",
+        tmp_path / "plots",
+        None,
+        p["audit"],
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["audit"]["trusted"] is False and metrics["judge_trusted"] is False
+    assert summary["mt_bench"]["failures"] == 1 and summary["mt_bench"]["failure_kinds"] == {"truncated": 1}
+    assert (
+        len(summary["mt_bench"]["per_question"]) == len(QUESTIONS.read_text().splitlines())
+        and summary["mt_bench"]["interval"] is not None
+    )
+    md = (out / "report.md").read_text()
+    assert "**Warning:** The audit does not trust this judge. this judge cannot tell answers apart" in md
+    assert "win_rate 0.5 (W/(W+T+L)), win_rate_adjusted 0.75" in md
+    assert "1 MT-Bench and 1 FLASK judge calls gave no clean score (MT-Bench: 1 truncated; FLASK: 1 unparseable)" in md
+    assert "2 requests were sent again after a transport error" in md
+
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("headless Chromium is not installed: `apt-get install chromium` (Debian) renders the report")
+    page = (out / "report.html").read_text()
+    probe = (
+        "<script>window.addEventListener('load', () => { const ok = [...document.images].filter(i => i.complete "
+        "&& i.naturalWidth > 0).length; document.body.setAttribute('data-images', ok + '/' + "
+        "document.images.length); });</script></body>"
+    )
+    (tmp_path / "probe.html").write_text(page.replace("</body>", probe))
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", (tmp_path / "probe.html").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert re.search(r'data-images="3/3"', dom), dom[:500]  # both radars and the heat map decode
+    tables = re.findall(r"<table>.*?</table>", dom, re.S)
+    assert len(tables) == 3  # judge audit, MT-Bench, FLASK
+    mt_table = tables[1]
+    assert "<th>candidate</th>" in mt_table and "<th>base</th>" in mt_table and "95% interval" in mt_table
+    assert "|---|" not in dom  # no Markdown shown as text
+    assert 'class="warning"' in dom
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={shot}",
+            "--window-size=1100,2400",
+            (out / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.exists() and shot.stat().st_size > 10_000
