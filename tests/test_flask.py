@@ -125,6 +125,12 @@ def test_project_sets_load_and_cover_every_label() -> None:
     # the hard row that repeats a main instruction shares its answer; the other two are answered on their own
     assert hard[0].key == 9 and hard[1].key < 0 and hard[2].key < 0
     assert [i.key for i in answer_instances(cfg)] == [*range(12), hard[1].key, hard[2].key]
+    # a quick look (limit) answers no more than N instructions: FLASK-HARD keeps only the rows among them
+    assert (
+        load_sets(cfg.model_copy(update={"limit": 3})).hard == []
+        and len(answer_instances(cfg.model_copy(update={"limit": 3}))) == 3
+    )
+    assert [h.key for h in load_sets(cfg.model_copy(update={"limit": 10})).hard or []] == [9]
 
 
 def test_official_shapes_load_with_their_counts(tmp_path: Path) -> None:

@@ -250,7 +250,9 @@ class FlaskSettings(Section):
         description="FLASK-HARD file (FLASK's evaluation_set/flask_hard_evaluation.jsonl; rows may carry instance "
         "rubrics); null: the expert-level instances of `data` stand in",
     )
-    limit: int | None = Field(None, ge=1, description="only the first N instances of each file")
+    limit: int | None = Field(
+        None, ge=1, description="only the first N instances of `data`, and the FLASK-HARD rows among them"
+    )
     annotate: bool = Field(True, description="let the judge add the skills/domains/difficulty a row lacks")
 
 

@@ -373,16 +373,17 @@ class FlaskSets:
 
 
 def load_sets(cfg: FlaskSettings) -> FlaskSets:
-    """`limit` applies to each file. A FLASK-HARD row whose instruction is in the main set shares that instance's
-    answer; the others (FLASK has one) get a key of their own, derived from the instruction, so a changed file
-    never pairs an old answer with a new instruction."""
+    """A FLASK-HARD row whose instruction is in the main set shares that instance's answer; the others (FLASK has
+    one) get a key of their own, derived from the instruction, so a changed file never pairs an old answer with a
+    new instruction. `limit` (a quick look) keeps the first N main instances and the hard rows among them."""
     main = load_instances(Path(cfg.data), cfg.limit)
     if not cfg.hard:
         return FlaskSets(main, None)
     keys = {i.instruction: i.key for i in main}
     hard = [
         replace(h, key=keys.get(h.instruction, -1 - int(sha256_text(h.instruction)[:12], 16)))
-        for h in load_instances(Path(cfg.hard), cfg.limit)
+        for h in load_instances(Path(cfg.hard))
+        if not cfg.limit or h.instruction in keys
     ]
     return FlaskSets(main, hard)
 
