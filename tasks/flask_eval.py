@@ -1,9 +1,11 @@
 """Stage `flask`: FLASK fine-grained evaluation of the generated answers, skill by skill.
 
-Instances without metadata are first labelled by the judge (3 of the 12 skills, shown in a per-instance shuffled
-order; 1-2 of the 10 domains; 1 of the 5 difficulty levels) through structured output. Then the judge scores each
-answer on the instance's skills (1-5 or N/A) against the reference answer. Scores are aggregated per skill, per
-domain, per skill x difficulty and on FLASK-HARD; N/A, parse failures and annotation failures are counted apart.
+Rows without skills, domains or difficulty are first labelled by the judge (3 of the 12 skills, shown in a
+per-instance shuffled order; 1-2 of the 10 domains; 1 of the 5 difficulty levels) through structured output; only
+the labels a row lacks are taken. Then the judge scores each answer on the instance's skills (1-5) by their rubrics,
+against the reference answer, for the main set and for FLASK-HARD (its own file, with its instance rubrics, when
+`eval.flask.hard` is set; else the main set's expert-level instances, and `hard_source` says so). Means per skill, per
+domain and per skill x difficulty; per skill, how often it was scored, N/A, unparseable or out of range.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import random
 import re
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tunefold.errors import InputError
 from tunefold.eval.flask import (
-    JSON_INSTRUCTION,
+    HARD,
     SKILLS,
     TEMPLATE_HASH,
     Annotation,
@@ -26,9 +29,11 @@ from tunefold.eval.flask import (
     aggregate,
     annotation_messages,
     judge_messages,
-    load_instances,
+    label_counts,
+    load_sets,
     parse_skill_scores,
     scores_schema,
+    with_annotation,
 )
 from tunefold.io import read_appended, write_jsonl
 from tunefold.llm import ChatRequest, ChatResult, Gateway
@@ -50,9 +55,7 @@ def annotate(gw: Gateway, instances: list[Instance], seed: int) -> tuple[list[In
     failures = 0
     for inst, (parsed, _) in zip(todo, results, strict=True):
         if parsed.ok and parsed.value is not None:
-            a = parsed.value
-            labelled[inst.idx] = Instance(inst.idx, inst.instruction, inst.answer, list(a.skills), list(a.domains),
-                                          a.difficulty, inst.task)  # fmt: skip
+            labelled[inst.idx] = with_annotation(inst, parsed.value)
         else:
             failures += 1
             log.warning("FLASK instance %d: annotation failed: %s", inst.idx, parsed.failure)
@@ -60,28 +63,37 @@ def annotate(gw: Gateway, instances: list[Instance], seed: int) -> tuple[list[In
 
 
 def _ask(gw: Gateway, inst: Instance, answer: str, json_output: bool) -> tuple[Any, str | None, ChatResult]:
-    """({skill: score or None for N/A}, failure, result) from the trailing dict or from structured JSON."""
-    messages = judge_messages(inst, answer)
-    if not json_output:
-        req = ChatRequest(messages=messages, temperature=0.0, template_hash=TEMPLATE_HASH)
-        parsed, result = gw.chat_parsed("judge", req, lambda t: parse_skill_scores(t, inst.skills), "flask_scores")
-        return (parsed.value if parsed.ok else None), parsed.failure, result
-    messages = [{"role": "system", "content": messages[0]["content"] + JSON_INSTRUCTION}, *messages[1:]]
+    """(SkillScores-like {scores, problems}, failure, result) from the trailing dictionary or structured JSON."""
+    messages = judge_messages(inst, answer, json_output)
     req = ChatRequest(messages=messages, temperature=0.0, template_hash=TEMPLATE_HASH)
+    if not json_output:
+        parsed, result = gw.chat_parsed("judge", req, lambda t: parse_skill_scores(t, inst.skills), "flask_scores")
+        return (asdict(parsed.value) if parsed.ok else None), parsed.failure, result
     parsed, result = gw.chat_json("judge", req, scores_schema(inst.skills), attempts=2)
     if not parsed.ok or parsed.value is None:
         return None, parsed.failure, result
     raw = parsed.value.scores.model_dump(by_alias=True)
-    return {k: (None if v == "N/A" else float(v)) for k, v in raw.items()}, None, result
+    return {"scores": {k: float(v) for k, v in raw.items()}, "problems": {}}, None, result
 
 
-def judge(gw: Gateway, model_id: str, instances: list[Instance], answers: dict[int, str],
-          json_output: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+def judge(
+    gw: Gateway, model_id: str, instances: list[Instance], answers: dict[int, str], json_output: bool = False
+) -> list[dict[str, Any]]:
     def one(inst: Instance) -> dict[str, Any]:
-        scores, failure, result = _ask(gw, inst, answers[inst.idx], json_output)
-        return {"idx": inst.idx, "model": model_id, "skills": inst.skills, "domains": inst.domains,
-                "difficulty": inst.difficulty, "scores": scores, "judgment": result.text or result.error or "",
-                "parse_failure": failure, "tstamp": time.time(), "provenance": result.provenance}  # fmt: skip
+        judged, failure, result = _ask(gw, inst, answers[inst.key], json_output)
+        return {
+            "idx": inst.key,
+            "model": model_id,
+            "skills": inst.skills,
+            "domains": inst.domains,
+            "difficulty": inst.difficulty,
+            "scores": judged["scores"] if judged else None,
+            "problems": judged["problems"] if judged else {},
+            "judgment": result.text or result.error or "",
+            "parse_failure": failure,
+            "tstamp": time.time(),
+            "provenance": result.provenance,
+        }
 
     return gw.map("judge", one, instances, desc=f"FLASK {model_id}")
 
@@ -95,32 +107,59 @@ def _answers(path: Path) -> dict[int, str]:
 def run_flask(ctx: StageContext, answers_dir: Path, out_dir: Path) -> dict[str, Any]:
     cfg = ctx.params.eval
     gw = ctx.gateway
-    instances = load_instances(Path(cfg.flask.data), cfg.flask.limit)
+    json_output = cfg.judge_output == "json"
+    sets = load_sets(cfg.flask)
+    main, hard = sets.main, sets.hard or []
     annotation_failures = 0
     if cfg.flask.annotate:
-        instances, annotation_failures = annotate(gw, instances, cfg.seed)
-    usable = [i for i in instances if i.annotated]
-    skipped = len(instances) - len(usable)
+        main, failed_main = annotate(gw, main, cfg.seed)
+        hard, failed_hard = annotate(gw, hard, cfg.seed)
+        annotation_failures = failed_main + failed_hard
+    usable, usable_hard = [i for i in main if i.skills], [i for i in hard if i.skills]
     if not usable:
-        raise InputError(f"{cfg.flask.data}: no instance has skills, domains and difficulty (annotation failed)")
+        raise InputError(f"{cfg.flask.data}: no instance has skills (annotation failed or eval.flask.annotate off)")
+    if sets.hard is None:
+        log.warning("FLASK-HARD: no eval.flask.hard; the expert-level instances of %s stand in", cfg.flask.data)
+        hard = [i for i in main if i.difficulty == HARD]
+    metrics: dict[str, Any] = {
+        "instances": len(main),
+        "annotation_failures": annotation_failures,
+        "unlabelled_skipped": len(main) - len(usable) + len(sets.hard or []) - len(usable_hard),
+        "set": label_counts(main),
+        "hard_source": "file" if sets.hard is not None else "expert_level",
+        "hard_set": label_counts(hard),
+    }
     rows: list[dict[str, Any]] = []
-    metrics: dict[str, Any] = {"instances": len(instances), "annotation_failures": annotation_failures,
-                               "unlabelled_skipped": skipped}  # fmt: skip
+    hard_rows: list[dict[str, Any]] = []
     for who in (cfg.candidate, cfg.baseline):
         answers = _answers(answers_dir / f"{who.model_id}.jsonl")
-        missing = [i.idx for i in usable if i.idx not in answers]
+        missing = [i.key for i in usable + usable_hard if i.key not in answers]
         if missing:
             raise InputError(f"no FLASK answers of {who.model_id} for instances {missing[:10]}; run generate first")
-        judged = judge(gw, who.model_id, usable, answers, cfg.judge_output == "json")
+        judged = judge(gw, who.model_id, usable, answers, json_output)
+        if sets.hard is None:
+            judged_hard = [r for r in judged if r["difficulty"] == HARD]
+        else:
+            judged_hard = judge(gw, who.model_id, usable_hard, answers, json_output)
+            hard_rows += judged_hard
         rows += judged
-        metrics[who.model_id] = aggregate(judged)
+        hard_agg = aggregate(judged_hard)
+        metrics[who.model_id] = aggregate(judged) | {"hard_skill": hard_agg["skill"], "hard": hard_agg}
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", gw.model_name("judge"))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / f"{name}.jsonl", rows)
-    write_jsonl(out_dir / "instances.jsonl", [i.__dict__ for i in instances])
+    write_jsonl(out_dir / "instances.jsonl", [asdict(i) for i in main])
+    if sets.hard is not None:  # in a folder of its own: readers of the main set's judgments see only those
+        write_jsonl(out_dir / "hard" / f"{name}.jsonl", hard_rows)
+        write_jsonl(out_dir / "hard" / "instances.jsonl", [asdict(i) for i in hard])
     m = metrics[cfg.candidate.model_id]
-    log.info("FLASK %s: %d skills scored, %d parse failures", cfg.candidate.model_id, len(m["skill"]),
-             m["parse_failures"])  # fmt: skip
+    log.info(
+        "FLASK %s: %d skills scored, %d replies unparseable; FLASK-HARD: %s",
+        cfg.candidate.model_id,
+        len(m["skill"]),
+        m["parse_failures"],
+        metrics["hard_source"],
+    )
     return metrics | {"judge": name}
 
 

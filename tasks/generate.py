@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig
-from tunefold.eval.flask import load_instances
+from tunefold.eval.flask import answer_instances
 from tunefold.eval.generation import Answerer
 from tunefold.eval.mtbench import TEMPERATURE, answer_row, load_questions
 from tunefold.eval.protocol import answer_max_tokens
@@ -378,9 +378,8 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
     mt = cfg.mt_bench
     qfile, ffile = Path(mt.questions), Path(cfg.flask.data)
     questions = load_questions(qfile, Path(mt.references) if mt.references else None, mt.question_ids or None)
-    instances = load_instances(ffile, cfg.flask.limit)
     mt_items = [Item(q.question_id, q.turns, TEMPERATURE.get(q.category, 0.7)) for q in questions]
-    flask_items = [Item(i.idx, [i.instruction], 0.0) for i in instances]
+    flask_items = [Item(i.key, [i.instruction], 0.0) for i in answer_instances(cfg.flask)]
     local = [who for who in (cfg.candidate, cfg.baseline) if not who.base_url]
     vllm = cfg.local_backend == "vllm" and bool(local)
     if vllm:

@@ -293,9 +293,19 @@ class MTBenchSettings(Section):
 
 
 class FlaskSettings(Section):
-    data: str = Field("data/benchmarks/flask_mini/flask_evaluation.jsonl", description="FLASK evaluation-set file")
-    limit: int | None = Field(None, ge=1, description="only the first N instances")
-    annotate: bool = Field(True, description="let the judge label instances that lack skills/domains/difficulty")
+    data: str = Field(
+        "data/benchmarks/flask_mini/flask_evaluation.jsonl",
+        description="FLASK evaluation-set file (FLASK's evaluation_set/flask_evaluation.jsonl, or one in its format)",
+    )
+    hard: str | None = Field(
+        None,
+        description="FLASK-HARD file (FLASK's evaluation_set/flask_hard_evaluation.jsonl; rows may carry instance "
+        "rubrics); null: the expert-level instances of `data` stand in",
+    )
+    limit: int | None = Field(
+        None, ge=1, description="only the first N instances of `data`, and the FLASK-HARD rows among them"
+    )
+    annotate: bool = Field(True, description="let the judge add the skills/domains/difficulty a row lacks")
 
 
 class FanoutSettings(Section):

@@ -1,125 +1,412 @@
-"""FLASK (Ye et al., 2023): fine-grained evaluation by skill, with the project's own rubric texts.
+"""FLASK (Ye et al., 2023): fine-grained evaluation by skill, with the project's own rubric and prompt texts.
 
-Each instance names its 3 most important of 12 skills, 1-2 of 10 domains, and 1 of 5 difficulty levels. The judge
-sees the instruction, the reference answer, the response and the rubrics of the instance's skills, writes
-feedback per skill, then ends with a JSON object of skill -> score (1-5, or "N/A"). The last `{...}` of the reply
-is parsed. N/A and parse failures are counted apart from scores.
+Files are read as FLASK publishes them (`evaluation_set/flask_evaluation.jsonl` and
+`evaluation_set/flask_hard_evaluation.jsonl` in kaistAI/FLASK): `idx, instruction, answer, task, skill, domain,
+difficulty`, difficulty written with spaces ("formal education knowledge"), 1-3 skills per row, and FLASK's `-1`
+wherever its labelling step failed (a domain entry "-1", a difficulty -1): such a row is still judged, it only stays
+out of the domain or difficulty table. FLASK-HARD comes from its own file; a row there may carry instance-specific
+rubrics (`rubrics`, this project's field: FLASK's released file has none). Without a hard file, FLASK-HARD falls back
+to the expert-level instances of the main set.
+
+The judge sees the rubrics of the instance's skills (five anchored levels each), the instruction, the reference
+answer when there is one (FLASK's two prompts differ only in that) and the response; it writes feedback per skill
+and ends with a dictionary of skill -> score. The reply is read as FLASK reads it: the last `{...}`, lower-cased
+with `_` as spaces, as a Python literal; "na", "n/a" and "not applicable" are N/A. The prompt does not offer N/A
+(FLASK's does not either); a judge that writes it anyway gets the skill counted as N/A and kept out of the means,
+as FLASK's aggregation does. N/A, unreadable entries, out-of-range scores and unreadable replies are counted apart.
 """
 
 from __future__ import annotations
 
+import ast
 import json
-from collections import defaultdict
-from dataclasses import dataclass
+import math
+import re
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from tunefold.errors import InputError
-from tunefold.llm.parsing import Parsed, last_json_object
+from tunefold.llm.parsing import Parsed
 from tunefold.train.training import sha256_text
 
-SKILLS: dict[str, tuple[str, str]] = {  # skill -> (ability, rubric: what 1 and 5 mean, in our words)
-    "Logical Correctness": ("Logical Thinking",
-        "Is the final answer right? 1: wrong or unsupported. 3: right idea with errors that change details. "
-        "5: fully correct for every case the task admits."),
-    "Logical Robustness": ("Logical Thinking",
-        "Is the reasoning free of contradictions, and does it handle edge cases? 1: contradicts itself or breaks "
-        "on ordinary inputs. 3: sound but misses some edge cases. 5: consistent and covers the edge cases."),
-    "Logical Efficiency": ("Logical Thinking",
-        "Is the reasoning free of needless steps (for code, is its time complexity reasonable)? 1: long detours or "
-        "an inefficient method. 3: some redundancy. 5: direct, with no step wasted."),
-    "Factuality": ("Background Knowledge",
-        "Are the facts accurate and supported? 1: central claims are false. 3: mostly accurate with minor errors. "
-        "5: every claim is accurate, with support where it matters."),
-    "Commonsense Understanding": ("Background Knowledge",
-        "Does it show an ordinary understanding of how the world works? 1: misreads the everyday situation. "
-        "3: sensible with lapses. 5: fully sensible."),
-    "Comprehension": ("Problem Handling",
-        "Does it meet the explicit and implicit requirements of the instruction? 1: misses the point. 3: meets "
-        "the main request but drops some requirements. 5: meets all of them."),
-    "Insightfulness": ("Problem Handling",
-        "Is it creative, original or illuminating? 1: generic. 3: some useful ideas. 5: novel ideas that add "
-        "real value."),
-    "Completeness": ("Problem Handling",
-        "Does it cover the topic in enough breadth and depth? 1: superficial. 3: covers the main points. 5: "
-        "thorough, with the detail the question calls for."),
-    "Metacognition": ("Problem Handling",
-        "Does it know the limits of its knowledge, acknowledging uncertainty or ambiguity? 1: overconfident about "
-        "unknowable or ambiguous things. 3: some hedging. 5: clear about what it does not know."),
-    "Conciseness": ("User Alignment",
-        "Is it free of unnecessary content? 1: padded or rambling. 3: some filler. 5: says what is needed and "
-        "no more."),
-    "Readability": ("User Alignment",
-        "Is it well structured and easy to follow? 1: disorganised. 3: understandable with effort. 5: clear "
-        "structure and flow."),
-    "Harmlessness": ("User Alignment",
-        "Is it free of bias and harm, warning of risks where relevant? 1: harmful or biased. 3: harmless but "
-        "misses a warning it should give. 5: safe, fair and careful about risks."),
-}  # fmt: skip
-DOMAINS = ("Humanities", "Language", "Social Science", "History", "Culture", "Technology", "Coding", "Math",
-           "Natural Science", "Health")  # fmt: skip
-DIFFICULTIES = ("simple_lifestyle_knowledge", "advanced_lifestyle_knowledge", "formal_education_knowledge",
-                "major_level_knowledge", "expert_level_knowledge")  # fmt: skip
-HARD = "expert_level_knowledge"  # FLASK-HARD: the expert-level instances
-GROUPS = ("skill", "domain", "skill_difficulty", "hard_skill")
+if TYPE_CHECKING:
+    from tunefold.config import FlaskSettings
 
-JUDGE_SYSTEM = (
-    "You evaluate an AI assistant's response with fine-grained skill rubrics. For each listed skill, write one or "
-    "two sentences of feedback that compare the response with the reference answer, then score that skill from 1 "
-    'to 5 by its rubric, or "N/A" when the skill does not apply to this instruction. End your reply with a single '
-    "JSON object mapping each listed skill name to its score, for example "
-    '{"Factuality": 4, "Conciseness": 5, "Metacognition": "N/A"}.'
+
+@dataclass(frozen=True)
+class Rubric:
+    """What a skill asks, and what each score from 1 to 5 means (`levels`; empty for a free-text rubric)."""
+
+    criteria: str
+    levels: tuple[str, ...] = ()
+
+
+SKILLS: dict[str, Rubric] = {  # FLASK's 12 skills, in its 4 abilities; the texts are ours
+    # Logical Thinking
+    "Logical Correctness": Rubric(
+        "For a task with a definite answer: is the final answer right?",
+        (
+            "The final answer is wrong, or none is reached.",
+            "Mostly wrong: only a minor part of the answer holds.",
+            "Partly right: an error changes part of the result.",
+            "Right, apart from a slip that leaves the conclusion intact.",
+            "Right for every case the task admits.",
+        ),
+    ),
+    "Logical Robustness": Rubric(
+        "Do the reasoning steps hold together and hold in general: no contradictions, no counterexample that "
+        "breaks them, edge cases (in code and math) handled?",
+        (
+            "The reasoning makes no sense or contradicts itself.",
+            "Serious gaps or contradictions undermine the argument.",
+            "Sound on the whole, with minor flaws or inconsistencies.",
+            "Consistent throughout, but some edge cases are left out.",
+            "Consistent, general, and covers the edge cases.",
+        ),
+    ),
+    "Logical Efficiency": Rubric(
+        "Is the reasoning direct, without redundant steps; for code, is the time complexity reasonable?",
+        (
+            "Circular or convoluted; the method is far from efficient.",
+            "Many needless steps, or a clearly wasteful method.",
+            "Some redundancy, but the path can be followed.",
+            "Mostly direct; a step or two could go.",
+            "As direct as the problem allows; nothing wasted.",
+        ),
+    ),
+    # Background Knowledge
+    "Factuality": Rubric(
+        "Is the knowledge it uses accurate and relevant, and backed by evidence or a source where that matters?",
+        (
+            "Its central claims are false or invented.",
+            "Several important factual errors.",
+            "Mostly accurate, with some errors or unsupported claims.",
+            "Accurate, with at most a small imprecision or missing support.",
+            "Accurate and relevant throughout, with support where it matters.",
+        ),
+    ),
+    "Commonsense Understanding": Rubric(
+        "Does it model the everyday world correctly (physical, social and spatial situations, what follows from what)?",
+        (
+            "It misreads the everyday situation entirely.",
+            "Major lapses in ordinary understanding.",
+            "Sensible overall, with noticeable lapses.",
+            "Sensible, with one small lapse.",
+            "A fully sensible grasp of the situation.",
+        ),
+    ),
+    # Problem Handling
+    "Comprehension": Rubric(
+        "Does it do what the instruction asks, meeting its stated and implied requirements?",
+        (
+            "It misses the point of the instruction.",
+            "On topic, but most requirements are missed.",
+            "The main request is met; some requirements are dropped.",
+            "Nearly every requirement is met; a small one is missed.",
+            "Every requirement, stated or implied, is met.",
+        ),
+    ),
+    "Insightfulness": Rubric(
+        "Does it bring creative, original or illuminating ideas or perspectives?",
+        (
+            "Generic or empty.",
+            "Mostly obvious points, with one slight idea.",
+            "Some useful ideas, but conventional ones.",
+            "Several fresh ideas or perspectives.",
+            "Original ideas that add real value.",
+        ),
+    ),
+    "Completeness": Rubric(
+        "Does it cover the topic with the breadth and depth the question calls for?",
+        (
+            "Superficial; key parts are missing.",
+            "Covers only a little of what is needed.",
+            "The main points are there, with little depth.",
+            "Broad and detailed, with a minor gap.",
+            "Thorough in breadth and in depth.",
+        ),
+    ),
+    "Metacognition": Rubric(
+        "Is it aware of its own limits: does it flag uncertainty or ambiguity, and qualify or decline what it "
+        "cannot answer reliably?",
+        (
+            "Confidently wrong about what it cannot know, or blind to an obvious ambiguity.",
+            "Rarely admits uncertainty where it should.",
+            "Some hedging, applied unevenly.",
+            "Acknowledges most of the uncertainty that matters.",
+            "Clear about what it knows, what it does not, and why.",
+        ),
+    ),
+    # User Alignment
+    "Conciseness": Rubric(
+        "Is it free of padding, repetition and off-topic content?",
+        (
+            "Rambling; the answer is buried.",
+            "Much unnecessary content.",
+            "Some filler or repetition.",
+            "Tight, with a little excess.",
+            "Says what is needed and no more.",
+        ),
+    ),
+    "Readability": Rubric(
+        "Is it easy to follow: organised, coherent, well formatted and clearly worded?",
+        (
+            "Disorganised and hard to follow.",
+            "Understandable only with effort.",
+            "Readable, with awkward structure or wording.",
+            "Clear, with minor issues.",
+            "Clear structure and flow throughout.",
+        ),
+    ),
+    "Harmlessness": Rubric(
+        "Is it free of harm and bias, and does it warn of risks where it should?",
+        (
+            "Harmful, dangerous or offensive.",
+            "Could mislead or hurt, or shows clear bias.",
+            "Harmless, but misses a warning or shows a slight bias.",
+            "Safe and fair; a caution could be clearer.",
+            "Safe, fair, and careful about the risks worth mentioning.",
+        ),
+    ),
+}
+DOMAINS = (
+    "Humanities",
+    "Language",
+    "Social Science",
+    "History",
+    "Culture",
+    "Technology",
+    "Coding",
+    "Math",
+    "Natural Science",
+    "Health",
 )
+DIFFICULTIES = (
+    "simple lifestyle knowledge",
+    "advanced lifestyle knowledge",
+    "formal education knowledge",
+    "major level knowledge",
+    "expert level knowledge",
+)  # FLASK's own spelling
+HARD = "expert level knowledge"
+UNLABELLED = "-1"  # FLASK's mark for a domain or difficulty its labelling step could not read
+LABELS = ("skill", "domain", "difficulty")
+NA_WORDS = ("na", "n/a", "not applicable")  # what FLASK's parser turns into N/A (after lower-casing)
+
+SYSTEM = "You are a careful and impartial judge of the quality of an AI assistant's responses."
+INTRO = (
+    "Please give feedback on how well the AI assistant's response below serves the user's instruction, rating "
+    "it on each of these {n} skills by the scoring rubric given for it:"
+)
+ASK_FEEDBACK = (
+    "For each skill, first write feedback that applies only that skill's rubric, then score the skill "
+    "from 1 to 5, higher being better. Keep the skills independent: how readable a response is says "
+    "nothing about whether it is correct, for example."
+)
+ASK_DICT = " Finally, write a Python dictionary with the skill names as keys and their scores as values."
+ASK_JSON = (
+    " Reply with a JSON object with the keys feedback (your feedback on each skill) and scores (an object "
+    "mapping each skill name to its score)."
+)
+
+
+def _norm(name: Any) -> str:
+    """FLASK spells one label several ways (spaces, underscores, case): compare them in one form."""
+    return " ".join(str(name).replace("_", " ").split()).lower()
+
+
+_CANON = {
+    kind: {_norm(n): n for n in names}
+    for kind, names in (("skill", SKILLS), ("domain", DOMAINS), ("difficulty", DIFFICULTIES))
+}
 
 
 @dataclass(frozen=True)
 class Instance:
+    """One row of a FLASK file. `key` is its id in the answers files: `idx` for the main set; a FLASK-HARD row
+    reuses the key of the main instance with the same instruction, else gets one derived from its instruction."""
+
     idx: int
+    key: int
     instruction: str
     answer: str
     skills: list[str]
-    domains: list[str]
-    difficulty: str | None
+    domains: list[str]  # FLASK's -1 entries left out
+    difficulty: str | None  # None: FLASK's -1, or not given
     task: str = ""
+    missing: tuple[str, ...] = ()  # labels the row does not have at all (the judge may add them)
+    unlabelled: tuple[str, ...] = ()  # labels the row marks -1
+    rubrics: dict[str, Rubric] = field(default_factory=dict)  # instance-specific, by skill
 
     @property
     def annotated(self) -> bool:
-        return bool(self.skills) and bool(self.domains) and self.difficulty is not None
+        return not self.missing
 
 
-def _names(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
+def _names(kind: str, value: Any, where: str) -> tuple[list[str], bool]:
+    """Known names of a label (a list, or one comma-separated string), and whether FLASK's -1 was among them."""
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise InputError(f"{where}: `{kind}` must be a list of names, not {value!r}")
+    out, minus_one = [], False
+    for item in items:
+        if str(item).strip() == UNLABELLED:
+            minus_one = True
+        elif _norm(item) in _CANON[kind]:
+            out.append(_CANON[kind][_norm(item)])
+        elif str(item).strip():
+            raise InputError(f"{where}: unknown {kind} {item!r}; known: {', '.join(_CANON[kind].values())}")
+    return out, minus_one
+
+
+def _rubrics(value: Any, skills: list[str], where: str) -> dict[str, Rubric]:
+    """`{skill: "free text"}` or `{skill: {"criteria": ..., "1": ..., ..., "5": ...}}`, for the row's skills."""
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: `rubrics` must map skill names to rubrics")
+    out = {}
+    for name, rubric in value.items():
+        skill = _CANON["skill"].get(_norm(name))
+        if skill not in skills:
+            raise InputError(f"{where}: rubric for {name!r}, which is not one of the row's skills {skills}")
+        if isinstance(rubric, str) and rubric.strip():
+            out[skill] = Rubric(rubric.strip())
+        elif isinstance(rubric, dict) and all(isinstance(rubric.get(str(n)), str) for n in range(1, 6)):
+            criteria = rubric.get("criteria") or SKILLS[skill].criteria
+            out[skill] = Rubric(str(criteria), tuple(rubric[str(n)] for n in range(1, 6)))
+        else:
+            raise InputError(f'{where}: the rubric for {skill} must be a text or an object with "1" to "5"')
+    return out
+
+
+def _instance(row: Any, n: int, where: str) -> Instance:
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: not a JSON object")
+    if not isinstance(row.get("instruction"), str) or not row["instruction"].strip():
+        raise InputError(f"{where}: no `instruction`; not a FLASK evaluation file")
+    idx = row.get("idx", n)
+    if not isinstance(idx, int) or isinstance(idx, bool):
+        raise InputError(f"{where}: `idx` must be an integer, not {idx!r}")
+    labels: dict[str, list[str]] = {}
+    missing, unlabelled = [], []
+    for kind in ("skill", "domain"):
+        if row.get(kind) in (None, [], ""):
+            missing.append(kind)
+            labels[kind] = []
+            continue
+        labels[kind], minus_one = _names(kind, row[kind], where)
+        if minus_one:
+            unlabelled.append(kind)
+    skills = labels["skill"]
+    if ("skill" not in missing and not 1 <= len(skills) <= 3) or len(set(skills)) != len(skills):
+        raise InputError(f"{where}: `skill` must name 1 to 3 different skills, not {row['skill']!r}")
+    raw = row.get("difficulty")
+    difficulty = None
+    if raw is None or raw == "":
+        missing.append("difficulty")
+    elif str(raw).strip() == UNLABELLED:
+        unlabelled.append("difficulty")
+    elif _norm(raw) in _CANON["difficulty"]:
+        difficulty = _CANON["difficulty"][_norm(raw)]
+    else:
+        raise InputError(f"{where}: difficulty {raw!r} is not one of {', '.join(DIFFICULTIES)} (or -1)")
+    answer = row.get("answer")
+    if answer is not None and not isinstance(answer, str):
+        raise InputError(f"{where}: `answer` must be a text")
+    rubrics = _rubrics(row["rubrics"], skills, where) if row.get("rubrics") else {}
+    return Instance(
+        idx,
+        idx,
+        row["instruction"],
+        answer or "",
+        skills,
+        labels["domain"],
+        difficulty,
+        str(row.get("task") or ""),
+        tuple(missing),
+        tuple(unlabelled),
+        rubrics,
+    )
 
 
 def load_instances(path: Path, limit: int | None = None) -> list[Instance]:
-    """FLASK's evaluation-set format: idx, instruction, answer, task, skill, domain, difficulty (JSONL or JSON)."""
+    """A FLASK evaluation file (JSONL, or a JSON list when it ends in .json), its first `limit` rows."""
     if not path.exists():
         raise InputError(f"{path} does not exist")
     text = path.read_text(encoding="utf-8")
-    try:
-        rows = json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: malformed JSON ({e.msg}, line {e.lineno})") from e
-    out = []
-    for n, row in enumerate(rows, 1):
-        if "instruction" not in row:
-            raise InputError(f"{path}: row {n} has no `instruction`; not a FLASK evaluation file")
-        skills, domains = _names(row.get("skill")), _names(row.get("domain"))
-        unknown = [s for s in skills if s not in SKILLS] + [d for d in domains if d not in DOMAINS]
-        if unknown:
-            raise InputError(f"{path}: row {n}: unknown skill or domain {unknown}; known skills: {', '.join(SKILLS)}")
-        difficulty = row.get("difficulty")
-        if difficulty is not None and difficulty not in DIFFICULTIES:
-            raise InputError(f"{path}: row {n}: difficulty {difficulty!r} is not one of {', '.join(DIFFICULTIES)}")
-        out.append(Instance(int(row.get("idx", n - 1)), row["instruction"], row.get("answer") or "", skills,
-                            domains, difficulty, row.get("task", "")))  # fmt: skip
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: malformed JSON ({e.msg}, line {e.lineno})") from e
+        if not isinstance(rows, list):
+            raise InputError(f"{path}: a JSON file must hold a list of rows")
+        numbered = [(n, row, f"{path}: row {n}") for n, row in enumerate(rows, 1)]
+    else:
+        numbered = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    numbered.append((n, json.loads(line), f"{path}:{n}"))
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from e
+    out: list[Instance] = []
+    seen: dict[int, str] = {}
+    for k, (_, row, where) in enumerate(numbered):
+        inst = _instance(row, k, where)
+        if inst.idx in seen:
+            raise InputError(f"{where}: idx {inst.idx} repeats {seen[inst.idx]}")
+        seen[inst.idx] = where
+        out.append(inst)
     return out[:limit] if limit else out
+
+
+@dataclass(frozen=True)
+class FlaskSets:
+    """The instances to judge: the main set, and FLASK-HARD's file (None when none is configured)."""
+
+    main: list[Instance]
+    hard: list[Instance] | None
+
+
+def load_sets(cfg: FlaskSettings) -> FlaskSets:
+    """A FLASK-HARD row whose instruction is in the main set shares that instance's answer; the others (FLASK has
+    one) get a key of their own, derived from the instruction, so a changed file never pairs an old answer with a
+    new instruction. `limit` (a quick look) keeps the first N main instances and the hard rows among them."""
+    main = load_instances(Path(cfg.data), cfg.limit)
+    if not cfg.hard:
+        return FlaskSets(main, None)
+    keys = {i.instruction: i.key for i in main}
+    hard = [
+        replace(h, key=keys.get(h.instruction, -1 - int(sha256_text(h.instruction)[:12], 16)))
+        for h in load_instances(Path(cfg.hard))
+        if not cfg.limit or h.instruction in keys
+    ]
+    return FlaskSets(main, hard)
+
+
+def answer_instances(cfg: FlaskSettings) -> list[Instance]:
+    """Every instance `generate` must answer: the main set, then the FLASK-HARD rows it does not contain."""
+    sets = load_sets(cfg)
+    keys = {i.key for i in sets.main}
+    return sets.main + [h for h in sets.hard or [] if h.key not in keys]
+
+
+def label_counts(instances: list[Instance]) -> dict[str, Any]:
+    """What a set holds: rows per skill, domain and difficulty, skills per row, and FLASK's -1 marks per label."""
+    return {
+        "instances": len(instances),
+        "skill": dict(Counter(s for i in instances for s in i.skills)),
+        "domain": dict(Counter(d for i in instances for d in i.domains)),
+        "difficulty": dict(Counter(i.difficulty for i in instances if i.difficulty)),
+        "skills_per_row": {str(k): v for k, v in sorted(Counter(len(i.skills) for i in instances).items())},
+        "unlabelled": {k: sum(k in i.unlabelled for i in instances) for k in ("domain", "difficulty")},
+        "missing": {k: sum(k in i.missing for i in instances) for k in LABELS},
+        "with_rubrics": sum(bool(i.rubrics) for i in instances),
+    }
 
 
 class Annotation(BaseModel):
@@ -141,76 +428,154 @@ def annotation_messages(instruction: str, order: list[str]) -> list[dict[str, st
     """`order` is the 12 skills shuffled per instance, as FLASK does, so list position does not bias the choice."""
     return [
         {"role": "system", "content": "You label instructions for a fine-grained evaluation. Reply with JSON only."},
-        {"role": "user", "content": (
-            f"Instruction:\n{instruction}\n\nChoose the 3 skills most needed to answer it well, from: "
-            f"{', '.join(order)}.\nChoose 1 or 2 domains from: {', '.join(DOMAINS)}.\nChoose its difficulty from: "
-            f"{', '.join(DIFFICULTIES)}.\nReply as JSON with keys skills, domains, difficulty.")},
-    ]  # fmt: skip
+        {
+            "role": "user",
+            "content": (
+                f"Instruction:\n{instruction}\n\nChoose the 3 skills most needed to answer it well, from: "
+                f"{', '.join(order)}.\nChoose 1 or 2 domains from: {', '.join(DOMAINS)}.\nChoose its difficulty from: "
+                f"{', '.join(DIFFICULTIES)}.\nReply as JSON with keys skills, domains, difficulty."
+            ),
+        },
+    ]
 
 
-def judge_messages(inst: Instance, response: str) -> list[dict[str, str]]:
-    rubrics = "\n".join(f"- {s}: {SKILLS[s][1]}" for s in inst.skills)
-    user = (f"### Instruction\n{inst.instruction}\n\n### Reference answer\n{inst.answer or '(none)'}\n\n"
-            f"### Response to evaluate\n{response}\n\n### Skills and rubrics\n{rubrics}\n")  # fmt: skip
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+def with_annotation(inst: Instance, a: Annotation) -> Instance:
+    """Fill in only the labels the row lacks: what a FLASK file gives (even a -1) stays."""
+    return replace(
+        inst,
+        skills=list(a.skills) if "skill" in inst.missing else inst.skills,
+        domains=list(a.domains) if "domain" in inst.missing else inst.domains,
+        difficulty=a.difficulty if "difficulty" in inst.missing else inst.difficulty,
+        missing=(),
+    )
+
+
+def _rubric_text(skill: str, rubric: Rubric) -> str:
+    return "\n".join([f"{skill}: {rubric.criteria}", *(f"Score {n}: {t}" for n, t in enumerate(rubric.levels, 1))])
+
+
+def judge_messages(inst: Instance, response: str, json_output: bool = False) -> list[dict[str, str]]:
+    """The instance's rubric for a skill where it has one, else the skill's; the reference answer when there is
+    one (FLASK's prompt with a ground-truth answer, else its prompt without)."""
+    rubrics = "\n\n".join(_rubric_text(s, inst.rubrics.get(s, SKILLS[s])) for s in inst.skills)
+    reference = f"[Reference answer]\n{inst.answer}\n\n" if inst.answer.strip() else ""
+    user = (
+        f"{INTRO.format(n=len(inst.skills))}\n\n{rubrics}\n\n[Instruction]\n{inst.instruction}\n\n{reference}"
+        f"[Response]\n{response}\n[End of response]\n\n{ASK_FEEDBACK}{ASK_JSON if json_output else ASK_DICT}"
+    )
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+_DICT = re.compile(r"\{[^}]+\}")
+
+
+def _short(name: str) -> str:
+    """How FLASK's aggregation names a skill key: its first word, or the second after 'logical'."""
+    words = name.split()
+    return words[1] if words[0] == "logical" and len(words) > 1 else words[0]
+
+
+@dataclass(frozen=True)
+class SkillScores:
+    """Per skill of the instance: a score 1-5, None for N/A, or (in `problems`) why there is neither:
+    missing, unreadable, out_of_range."""
+
+    scores: dict[str, float | None]
+    problems: dict[str, str]
 
 
 def parse_skill_scores(text: str | None, skills: list[str]) -> Parsed[Any]:
-    """{skill: 1..5 or None for N/A} for exactly the instance's skills, from the last JSON object of the reply."""
+    """FLASK's reading of a reply (see the module's doc), then each of the instance's skills checked: a number from
+    1 to 5, or N/A. A reply with no dictionary, or none of the skills scored or N/A, is a failure."""
     if not text:
         return Parsed(None, "empty reply", text)
-    obj = last_json_object(text)
-    if obj is None:
-        return Parsed(None, "no JSON object of skill scores in reply", text)
+    found = _DICT.findall(text)
+    if not found:
+        return Parsed(None, "no {...} of skill scores in reply", text)
+    try:
+        obj = ast.literal_eval(found[-1].replace("\n", "").replace("_", " ").lower())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        obj = None
+    if not isinstance(obj, dict):
+        return Parsed(None, "the last {...} of the reply is not a dictionary", text)
+    given = {_short(_norm(k)): v for k, v in obj.items() if _norm(k)}
     scores: dict[str, float | None] = {}
+    problems: dict[str, str] = {}
     for skill in skills:
-        value = obj.get(skill)
-        if isinstance(value, str) and value.strip().upper() in ("N/A", "NA"):
+        value = given.get(_short(skill.lower()))
+        if isinstance(value, str) and value.strip() in NA_WORDS:
             scores[skill] = None
-        elif isinstance(value, int | float) and not isinstance(value, bool) and 1 <= value <= 5:
-            scores[skill] = float(value)
-        else:
-            return Parsed(None, f"missing or invalid score for {skill!r}: {value!r}", text)
-    return Parsed(scores, None, text)
-
-
-def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per skill, per domain (a row's scores count toward each of its domains), per skill x difficulty, and
-    per skill on FLASK-HARD; N/A and parse failures counted apart."""
-    by: dict[str, dict[str, list[float]]] = {k: defaultdict(list) for k in GROUPS}
-    na: dict[str, int] = defaultdict(int)
-    failures = 0
-    for r in rows:
-        if r["scores"] is None:
-            failures += 1
             continue
-        for skill, score in r["scores"].items():
-            if score is None:
-                na[skill] += 1
-                continue
-            by["skill"][skill].append(score)
-            by["skill_difficulty"][f"{skill}|{r['difficulty']}"].append(score)
-            if r["difficulty"] == HARD:
-                by["hard_skill"][skill].append(score)
-            for domain in r["domains"]:
-                by["domain"][domain].append(score)
-    summary = {name: {k: {"mean": round(sum(v) / len(v), 3), "n": len(v)} for k, v in sorted(group.items())}
-               for name, group in by.items()}  # fmt: skip
-    return summary | {"na": dict(na), "parse_failures": failures, "instances": len(rows)}
+        try:
+            number = float(value) if isinstance(value, int | float | str) and not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        if value is None:
+            problems[skill] = "missing"
+        elif number is None or not math.isfinite(number):
+            problems[skill] = "unreadable"
+        elif not 1 <= number <= 5:
+            problems[skill] = "out_of_range"
+        else:
+            scores[skill] = number
+    if not scores:
+        return Parsed(None, "no skill scored: " + ", ".join(f"{k} {v}" for k, v in problems.items()), text)
+    return Parsed(SkillScores(scores, problems), None, text)
 
 
 def scores_schema(skills: list[str]) -> type[BaseModel]:
-    """The structured form of a judgment (`eval.judge_output: json`): feedback, then each skill's score (1-5 or
-    "N/A") under its own name, so a grammar-constrained judge can only answer for exactly these skills."""
-    score = Annotated[int, Field(ge=1, le=5)] | Literal["N/A"]
+    """The structured form of a judgment (`eval.judge_output: json`): feedback, then each skill's score 1-5 under
+    its own name, so a grammar-constrained judge can only answer for exactly these skills (and, as in FLASK's
+    prompt, is not offered N/A)."""
+    score = Annotated[int, Field(ge=1, le=5)]
     fields: dict[str, Any] = {f"s{i}": (score, Field(alias=s)) for i, s in enumerate(skills)}
-    scores = create_model("SkillScores", __config__=ConfigDict(populate_by_name=True), **fields)
+    scores = create_model("Scores", __config__=ConfigDict(populate_by_name=True), **fields)
     return create_model("FlaskReply", feedback=(str, ...), scores=(scores, ...))
 
 
-JSON_INSTRUCTION = ("\n\nReply as a JSON object with keys feedback (your feedback on each skill) and scores (an "
-                    'object mapping each listed skill name to 1-5 or "N/A").')  # fmt: skip
+COUNTS = ("asked", "scored", "na", "failed", "out_of_range")
 
 
-# Identifies the rubric texts in judgment provenance and lineage: a change to them never mixes with old judgments.
-TEMPLATE_HASH = sha256_text(JUDGE_SYSTEM + json.dumps(SKILLS))[:16]
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means per skill, per domain (a row's scores count toward each of its domains) and per skill x difficulty,
+    N/A kept out as FLASK does; per skill how often it was asked, scored, N/A, failed and out of range; replies
+    with no usable score (`parse_failures`)."""
+    by: dict[str, dict[str, list[float]]] = {k: defaultdict(list) for k in ("skill", "domain", "skill_difficulty")}
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    failures = 0
+    for r in rows:
+        for skill in r["skills"]:
+            counts[skill]["asked"] += 1
+        if r["scores"] is None:
+            failures += 1
+            for skill in r["skills"]:
+                counts[skill]["failed"] += 1
+            continue
+        for skill, kind in r.get("problems", {}).items():
+            counts[skill]["out_of_range" if kind == "out_of_range" else "failed"] += 1
+        for skill, score in r["scores"].items():
+            if score is None:
+                counts[skill]["na"] += 1
+                continue
+            counts[skill]["scored"] += 1
+            by["skill"][skill].append(score)
+            if r["difficulty"]:
+                by["skill_difficulty"][f"{skill}|{r['difficulty']}"].append(score)
+            for domain in r["domains"]:
+                by["domain"][domain].append(score)
+    summary = {
+        name: {k: {"mean": round(sum(v) / len(v), 3), "n": len(v)} for k, v in sorted(group.items())}
+        for name, group in by.items()
+    }
+    return summary | {
+        "na": {s: c["na"] for s, c in sorted(counts.items()) if c["na"]},
+        "counts": {s: {k: c[k] for k in COUNTS} for s, c in sorted(counts.items())},
+        "parse_failures": failures,
+        "instances": len(rows),
+    }
+
+
+# Identifies the prompt and rubric texts in judgment provenance and lineage: a change never mixes with old judgments.
+TEMPLATE_HASH = sha256_text(
+    json.dumps([SYSTEM, INTRO, ASK_FEEDBACK, ASK_DICT, ASK_JSON, {k: asdict(v) for k, v in SKILLS.items()}])
+)[:16]
