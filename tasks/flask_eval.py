@@ -15,7 +15,7 @@ import random
 import re
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,9 @@ from tunefold.eval.flask import (
     scores_schema,
     with_annotation,
 )
+from tunefold.eval.protocol import JudgeSettings, answer_max_tokens, comparability, judge_settings
 from tunefold.io import read_appended, write_jsonl
-from tunefold.llm import ChatRequest, ChatResult, Gateway
+from tunefold.llm import ChatRequest, ChatResult, Gateway, Parsed
 from tunefold.pipeline.stage import StageContext, log, stage_main
 
 
@@ -62,25 +63,27 @@ def annotate(gw: Gateway, instances: list[Instance], seed: int) -> tuple[list[In
     return [labelled.get(i.idx, i) for i in instances], failures
 
 
-def _ask(gw: Gateway, inst: Instance, answer: str, json_output: bool) -> tuple[Any, str | None, ChatResult]:
-    """(SkillScores-like {scores, problems}, failure, result) from the trailing dictionary or structured JSON."""
+def _ask(gw: Gateway, inst: Instance, answer: str, judge: JudgeSettings) -> tuple[Parsed[Any], ChatResult]:
+    """{scores, problems} from the trailing dictionary or structured JSON, or the kind of failure; one greedy call."""
+    json_output = judge.output == "json"
     messages = judge_messages(inst, answer, json_output)
-    req = ChatRequest(messages=messages, temperature=0.0, template_hash=TEMPLATE_HASH)
+    req = ChatRequest(messages=messages, temperature=0.0, max_tokens=judge.max_tokens, template_hash=TEMPLATE_HASH)
     if not json_output:
         parsed, result = gw.chat_parsed("judge", req, lambda t: parse_skill_scores(t, inst.skills), "flask_scores")
-        return (asdict(parsed.value) if parsed.ok else None), parsed.failure, result
-    parsed, result = gw.chat_json("judge", req, scores_schema(inst.skills), attempts=2)
+        return (replace(parsed, value=asdict(parsed.value)) if parsed.ok else parsed), result
+    parsed, result = gw.chat_json("judge", req, scores_schema(inst.skills), attempts=1)
     if not parsed.ok or parsed.value is None:
-        return None, parsed.failure, result
+        return parsed, result
     raw = parsed.value.scores.model_dump(by_alias=True)
-    return {"scores": {k: float(v) for k, v in raw.items()}, "problems": {}}, None, result
+    return replace(parsed, value={"scores": {k: float(v) for k, v in raw.items()}, "problems": {}}), result
 
 
 def judge(
-    gw: Gateway, model_id: str, instances: list[Instance], answers: dict[int, str], json_output: bool = False
+    gw: Gateway, model_id: str, instances: list[Instance], answers: dict[int, str], settings: JudgeSettings
 ) -> list[dict[str, Any]]:
     def one(inst: Instance) -> dict[str, Any]:
-        judged, failure, result = _ask(gw, inst, answers[inst.key], json_output)
+        parsed, result = _ask(gw, inst, answers[inst.key], settings)
+        judged = parsed.value if parsed.ok else None
         return {
             "idx": inst.key,
             "model": model_id,
@@ -90,7 +93,9 @@ def judge(
             "scores": judged["scores"] if judged else None,
             "problems": judged["problems"] if judged else {},
             "judgment": result.text or result.error or "",
-            "parse_failure": failure,
+            "judge_status": "ok" if parsed.ok else parsed.kind or "unparseable",
+            "failure": parsed.failure,
+            "finish_reason": result.finish_reason,
             "tstamp": time.time(),
             "provenance": result.provenance,
         }
@@ -107,7 +112,7 @@ def _answers(path: Path) -> dict[int, str]:
 def run_flask(ctx: StageContext, answers_dir: Path, out_dir: Path) -> dict[str, Any]:
     cfg = ctx.params.eval
     gw = ctx.gateway
-    json_output = cfg.judge_output == "json"
+    settings = judge_settings(cfg, ctx.params.llm, "flask", gw.model_name("judge"))
     sets = load_sets(cfg.flask)
     main, hard = sets.main, sets.hard or []
     annotation_failures = 0
@@ -128,6 +133,19 @@ def run_flask(ctx: StageContext, answers_dir: Path, out_dir: Path) -> dict[str, 
         "set": label_counts(main),
         "hard_source": "file" if sets.hard is not None else "expert_level",
         "hard_set": label_counts(hard),
+        "settings": {
+            "protocol": settings.protocol,
+            "judge_output": settings.output,
+            "judge_max_tokens": settings.max_tokens,
+            "answer_max_tokens": answer_max_tokens(cfg),
+        },
+        "comparability": comparability(
+            "flask",
+            cfg,
+            settings,
+            {"questions": Path(cfg.flask.data), "hard": Path(cfg.flask.hard) if cfg.flask.hard else None},
+            len(usable),
+        ),
     }
     rows: list[dict[str, Any]] = []
     hard_rows: list[dict[str, Any]] = []
@@ -136,11 +154,11 @@ def run_flask(ctx: StageContext, answers_dir: Path, out_dir: Path) -> dict[str, 
         missing = [i.key for i in usable + usable_hard if i.key not in answers]
         if missing:
             raise InputError(f"no FLASK answers of {who.model_id} for instances {missing[:10]}; run generate first")
-        judged = judge(gw, who.model_id, usable, answers, json_output)
+        judged = judge(gw, who.model_id, usable, answers, settings)
         if sets.hard is None:
             judged_hard = [r for r in judged if r["difficulty"] == HARD]
         else:
-            judged_hard = judge(gw, who.model_id, usable_hard, answers, json_output)
+            judged_hard = judge(gw, who.model_id, usable_hard, answers, settings)
             hard_rows += judged_hard
         rows += judged
         hard_agg = aggregate(judged_hard)
@@ -154,11 +172,13 @@ def run_flask(ctx: StageContext, answers_dir: Path, out_dir: Path) -> dict[str, 
         write_jsonl(out_dir / "hard" / "instances.jsonl", [asdict(i) for i in hard])
     m = metrics[cfg.candidate.model_id]
     log.info(
-        "FLASK %s: %d skills scored, %d replies unparseable; FLASK-HARD: %s",
+        "FLASK %s: %d skills scored, %d judge calls without a clean score (%s); FLASK-HARD: %s; %s",
         cfg.candidate.model_id,
         len(m["skill"]),
-        m["parse_failures"],
+        m["failures"],
+        m["failure_kinds"] or "none",
         metrics["hard_source"],
+        metrics["comparability"]["line"],
     )
     return metrics | {"judge": name}
 

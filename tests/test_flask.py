@@ -329,13 +329,13 @@ def test_aggregate_keeps_na_failures_and_unlabelled_rows_apart() -> None:
         },
     ]
     agg = aggregate(rows)
-    assert agg["skill"]["Factuality"] == {"mean": 3.0, "n": 3}
+    assert agg["skill"]["Factuality"] == {"mean": 3.0, "n": 3, "interval": [2.0, 4.0]}  # instances resampled
     assert "Metacognition" not in agg["skill"] and agg["na"] == {"Metacognition": 1}
     assert agg["counts"]["Factuality"] == {"asked": 4, "scored": 3, "na": 0, "failed": 1, "out_of_range": 0}
     assert agg["counts"]["Comprehension"] == {"asked": 2, "scored": 0, "na": 0, "failed": 1, "out_of_range": 1}
     assert agg["counts"]["Readability"] == {"asked": 3, "scored": 1, "na": 0, "failed": 2, "out_of_range": 0}
     assert agg["counts"]["Metacognition"] == {"asked": 1, "scored": 0, "na": 1, "failed": 0, "out_of_range": 0}
-    assert agg["parse_failures"] == 1 and agg["instances"] == 4
+    assert agg["failures"] == 1 and agg["failure_kinds"] == {"unparseable": 1} and agg["instances"] == 4
     assert agg["domain"]["History"] == {"mean": 3.0, "n": 2} == agg["domain"]["Culture"]
     assert agg["domain"]["Math"] == {"mean": 3.5, "n": 2}  # the -1 row's 3.0 is in no domain and no difficulty
     assert agg["skill_difficulty"]["Factuality|simple lifestyle knowledge"] == {"mean": 2.0, "n": 1}
@@ -476,9 +476,10 @@ def test_stage_judges_main_and_hard_sets_and_counts_each_outcome(
         assert sum("RUBRIC-TEXT" in p for p in prompts) == 2
 
         cand = metrics["cand"]
+        assert "judge fault-model (official gpt-4-0613)" in metrics["comparability"]["deviations"]
         assert metrics["hard_source"] == "file" and metrics["set"]["instances"] == 3
         assert metrics["hard_set"]["with_rubrics"] == 2 and metrics["hard_set"]["unlabelled"]["domain"] == 1
-        assert cand["parse_failures"] == 1  # the planet reply has no dictionary
+        assert cand["failures"] == 1 and cand["failure_kinds"] == {"unparseable": 1}  # the planet reply: no dict
         assert cand["na"] == {"Conciseness": 1}
         assert cand["counts"]["Conciseness"] == {"asked": 2, "scored": 0, "na": 1, "failed": 1, "out_of_range": 0}
         assert cand["counts"]["Logical Correctness"] == {
@@ -488,7 +489,10 @@ def test_stage_judges_main_and_hard_sets_and_counts_each_outcome(
             "failed": 0,
             "out_of_range": 1,
         }
-        assert cand["skill"]["Readability"] == {"mean": 4.0, "n": 1} and "Factuality" not in cand["skill"]
+        assert (
+            cand["skill"]["Readability"] == {"mean": 4.0, "n": 1, "interval": None}
+            and "Factuality" not in cand["skill"]
+        )
         hard_counts = cand["hard"]["counts"]
         assert hard_counts["Logical Correctness"] == {"asked": 2, "scored": 1, "na": 0, "failed": 0, "out_of_range": 1}
         assert cand["hard_skill"] == cand["hard"]["skill"] and cand["hard_skill"]["Comprehension"]["mean"] == 4.0

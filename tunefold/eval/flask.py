@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from tunefold.errors import InputError
-from tunefold.llm.parsing import Parsed
+from tunefold.eval.uncertainty import question_interval
+from tunefold.llm.parsing import FailureKind, Parsed, failed
 from tunefold.train.training import sha256_text
 
 if TYPE_CHECKING:
@@ -488,16 +489,16 @@ def parse_skill_scores(text: str | None, skills: list[str]) -> Parsed[Any]:
     """FLASK's reading of a reply (see the module's doc), then each of the instance's skills checked: a number from
     1 to 5, or N/A. A reply with no dictionary, or none of the skills scored or N/A, is a failure."""
     if not text:
-        return Parsed(None, "empty reply", text)
+        return failed("empty", "empty reply", text)
     found = _DICT.findall(text)
     if not found:
-        return Parsed(None, "no {...} of skill scores in reply", text)
+        return failed("unparseable", "no {...} of skill scores in reply", text)
     try:
         obj = ast.literal_eval(found[-1].replace("\n", "").replace("_", " ").lower())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         obj = None
     if not isinstance(obj, dict):
-        return Parsed(None, "the last {...} of the reply is not a dictionary", text)
+        return failed("unparseable", "the last {...} of the reply is not a dictionary", text)
     given = {_short(_norm(k)): v for k, v in obj.items() if _norm(k)}
     scores: dict[str, float | None] = {}
     problems: dict[str, str] = {}
@@ -518,8 +519,9 @@ def parse_skill_scores(text: str | None, skills: list[str]) -> Parsed[Any]:
             problems[skill] = "out_of_range"
         else:
             scores[skill] = number
-    if not scores:
-        return Parsed(None, "no skill scored: " + ", ".join(f"{k} {v}" for k, v in problems.items()), text)
+    if not scores and problems:
+        kind: FailureKind = "out_of_range" if set(problems.values()) == {"out_of_range"} else "unparseable"
+        return failed(kind, "no skill scored: " + ", ".join(f"{k} {v}" for k, v in problems.items()), text)
     return Parsed(SkillScores(scores, problems), None, text)
 
 
@@ -537,17 +539,18 @@ COUNTS = ("asked", "scored", "na", "failed", "out_of_range")
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means per skill, per domain (a row's scores count toward each of its domains) and per skill x difficulty,
-    N/A kept out as FLASK does; per skill how often it was asked, scored, N/A, failed and out of range; replies
-    with no usable score (`parse_failures`)."""
+    """Means per skill (with a 95% bootstrap interval over instances), per domain (a row's scores count toward each
+    of its domains) and per skill x difficulty, N/A kept out as FLASK does; per skill how often it was asked,
+    scored, N/A, failed and out of range; judge calls with no usable score by kind (`failures`)."""
     by: dict[str, dict[str, list[float]]] = {k: defaultdict(list) for k in ("skill", "domain", "skill_difficulty")}
+    per_instance: dict[str, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
     counts: dict[str, Counter[str]] = defaultdict(Counter)
-    failures = 0
-    for r in rows:
+    failures: Counter[str] = Counter()
+    for n, r in enumerate(rows):
         for skill in r["skills"]:
             counts[skill]["asked"] += 1
         if r["scores"] is None:
-            failures += 1
+            failures[r.get("judge_status") or "unparseable"] += 1
             for skill in r["skills"]:
                 counts[skill]["failed"] += 1
             continue
@@ -559,6 +562,7 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 continue
             counts[skill]["scored"] += 1
             by["skill"][skill].append(score)
+            per_instance[skill][r.get("idx", n)].append(score)
             if r["difficulty"]:
                 by["skill_difficulty"][f"{skill}|{r['difficulty']}"].append(score)
             for domain in r["domains"]:
@@ -567,10 +571,14 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         name: {k: {"mean": round(sum(v) / len(v), 3), "n": len(v)} for k, v in sorted(group.items())}
         for name, group in by.items()
     }
+    for skill, v in summary["skill"].items():
+        interval = question_interval(per_instance[skill])
+        v["interval"] = list(interval) if interval else None
     return summary | {
         "na": {s: c["na"] for s, c in sorted(counts.items()) if c["na"]},
         "counts": {s: {k: c[k] for k in COUNTS} for s, c in sorted(counts.items())},
-        "parse_failures": failures,
+        "failures": sum(failures.values()),
+        "failure_kinds": dict(sorted(failures.items())),
         "instances": len(rows),
     }
 
