@@ -245,6 +245,17 @@ def test_stage_without_mt_bench_judgments_is_one_clear_line(tmp_path: Path) -> N
     assert "run the mt_bench stage first" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_judgments_of_another_judge_are_refused_not_audited(tmp_path: Path) -> None:
+    from tasks.judge_audit import judgments_of
+
+    row = {"judge": ["gpt-4", "single-v1"], "score": 7}
+    (tmp_path / "gpt-4_single.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "gpt-4_pair.jsonl").write_text("")
+    with pytest.raises(InputError, match=r"judgments by \['gpt-4'\], not by tiny; re-run mt_bench"):
+        judgments_of("tiny", tmp_path)
+    assert judgments_of("gpt-4", tmp_path) == ([row], [])
+
+
 def test_real_run_against_the_embedded_judge(tmp_path: Path) -> None:
     """mt_bench judges one question's two turns (hand-written answers: the reference against a wrong one), then the
     audit stage probes the same embedded judge with one reference and two degraded copies, rated and compared in both
