@@ -90,6 +90,7 @@ def shrink_training(repo: Path) -> None:
     params["curriculum"]["difficulty"] |= {"min_mfd": -10.0, "max_instructions": 12}
     params["eval"]["mt_bench"]["question_ids"] = [5]
     params["eval"]["flask"]["limit"] = 1
+    params["eval"]["audit"]["references"] = 1
     params["eval"] |= {"max_new_tokens": 16}
     for role in ("teacher", "student", "judge"):
         params["llm"][role] |= {"max_tokens": 64}

@@ -199,6 +199,7 @@ asyncio.run(main())
             "generate",
             "mt_bench",
             "flask",
+            "judge_audit",
             "sentence_scores",
             "report",
         ]

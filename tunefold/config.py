@@ -321,6 +321,37 @@ class FanoutSettings(Section):
         return self.workers > 1 or bool(self.address)
 
 
+class AuditSettings(Section):
+    """The judge audit (stage `judge_audit`): each check measures the judge; one that fails flags it untrusted."""
+
+    references: int = Field(
+        6, ge=1, description="reference answers probed (MT-Bench references and FLASK answers, a seeded draw)"
+    )
+    degradations: list[Literal["truncate", "shuffle", "number"]] = Field(
+        default_factory=lambda: ["truncate", "shuffle", "number"],
+        min_length=1,
+        description="degraded copies of each reference: its first third, its sentences shuffled, its last number "
+        "changed (a probe is skipped where it does not apply)",
+    )
+    pairwise: bool = Field(False, description="also ask for a verdict on every probe, in both orders")
+    max_position_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="of pairwise verdict pairs that chose the same slot in both orders"
+    )
+    min_discrimination: float = Field(
+        0.7, ge=0.0, le=1.0, description="of probes where the reference beat its degraded copy"
+    )
+    max_modal_share: float = Field(0.6, ge=0.0, le=1.0, description="of ratings equal to the most common rating")
+    min_measured: int = Field(4, ge=1, description="fewer usable items and a check is not measured (not trusted)")
+    seed: int = 0
+
+    @field_validator("degradations")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"degradations repeat: {v}")
+        return v
+
+
 class EvalConfig(Section):
     candidate: CandidateSettings = CandidateSettings(model_id="candidate", adapter="models/dpo/adapter")
     baseline: CandidateSettings = CandidateSettings(model_id="base")
@@ -344,6 +375,7 @@ class EvalConfig(Section):
         "auto", description="where local models answer: CUDA in bf16 when torch can use it, else the CPU in fp32"
     )
     fanout: FanoutSettings = FanoutSettings()
+    audit: AuditSettings = AuditSettings()
     backend: Literal["auto", "hf", "vllm"] = Field(
         "auto",
         description="what answers for a model without base_url: hf (transformers, batched; what auto picks) or vllm "
