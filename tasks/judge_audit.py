@@ -37,6 +37,7 @@ from tunefold.eval.mtbench import (
     prompt_for,
     single_messages,
 )
+from tunefold.eval.protocol import JudgeSettings, judge_settings
 from tunefold.io import read_jsonl, write_jsonl
 from tunefold.llm import Gateway
 from tunefold.pipeline.stage import StageContext, log, stage_main
@@ -50,10 +51,10 @@ class Reply:
     provenance: dict[str, Any]
 
 
-def ask(gw: Gateway, kind: str, messages: list[dict[str, str]], p: JudgePrompt, json_output: bool) -> Reply:
+def ask(gw: Gateway, kind: str, messages: list[dict[str, str]], p: JudgePrompt, judge: JudgeSettings) -> Reply:
     """The audit's one judge call: the same call MT-Bench grading makes, so the audit measures that judge."""
-    value, failure, result = ask_judge(gw, kind, messages, p, json_output)
-    return Reply(value, failure, result.text or result.error or "", result.provenance)
+    j = ask_judge(gw, kind, messages, p, judge.output == "json", judge.max_tokens)
+    return Reply(j.value if j.ok else None, j.detail, j.result.text or j.result.error or "", j.result.provenance)
 
 
 def judgments_of(judge: str, judgments_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -75,7 +76,7 @@ def judgments_of(judge: str, judgments_dir: Path) -> tuple[list[dict[str, Any]],
     return found["single"], found["pair"]
 
 
-def rate_probes(gw: Gateway, probes: list[Probe], prompts: dict, json_output: bool) -> list[dict[str, Any]]:
+def rate_probes(gw: Gateway, probes: list[Probe], prompts: dict, judge: JudgeSettings) -> list[dict[str, Any]]:
     """Each reference and each degraded copy rated once with MT-Bench's single-answer prompt for its question."""
     refs = list({p.reference.key: p.reference for p in probes}.values())
     items: list[tuple[Question, str]] = [(r.question, r.answer) for r in refs] + [
@@ -85,7 +86,7 @@ def rate_probes(gw: Gateway, probes: list[Probe], prompts: dict, json_output: bo
     def one(item: tuple[Question, str]) -> Reply:
         q, answer = item
         p = prompt_for(prompts, "single", q, 1)
-        return ask(gw, "single", single_messages(p, q, [answer], 1), p, json_output)
+        return ask(gw, "single", single_messages(p, q, [answer], 1), p, judge)
 
     replies = gw.map("judge", one, items, desc="judge audit: rating probes")
     by_ref = dict(zip((r.key for r in refs), replies, strict=False))
@@ -105,7 +106,7 @@ def rate_probes(gw: Gateway, probes: list[Probe], prompts: dict, json_output: bo
     return rows
 
 
-def compare_probes(gw: Gateway, probes: list[Probe], prompts: dict, json_output: bool) -> list[dict[str, Any]]:
+def compare_probes(gw: Gateway, probes: list[Probe], prompts: dict, judge: JudgeSettings) -> list[dict[str, Any]]:
     """Each probe as a pairwise question in both orders: the reference shown as A, then as B."""
     items = [(p, reference_first) for p in probes for reference_first in (True, False)]
 
@@ -114,7 +115,7 @@ def compare_probes(gw: Gateway, probes: list[Probe], prompts: dict, json_output:
         q, ref = probe.reference.question, probe.reference.answer
         a, b = (ref, probe.text) if reference_first else (probe.text, ref)
         p = prompt_for(prompts, "pairwise", q, 1)
-        return ask(gw, "pairwise", pair_messages(p, q, [a], [b], 1), p, json_output)
+        return ask(gw, "pairwise", pair_messages(p, q, [a], [b], 1), p, judge)
 
     replies = gw.map("judge", one, items, desc="judge audit: pairwise probes")
     return [
@@ -159,9 +160,9 @@ def run_judge_audit(ctx: StageContext, judgments_dir: Path, out_dir: Path) -> di
             "no reference answer to probe the judge with: the MT-Bench references and FLASK answers "
             f"are empty or too short for {audit.degradations}"
         )
-    as_json = cfg.judge_output == "json"
-    rated = rate_probes(gw, probes, prompts, as_json)
-    compared = compare_probes(gw, probes, prompts, as_json) if audit.pairwise else []
+    settings = judge_settings(cfg, ctx.params.llm, "mt_bench", judge)
+    rated = rate_probes(gw, probes, prompts, settings)
+    compared = compare_probes(gw, probes, prompts, settings) if audit.pairwise else []
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(
         out_dir / "probes.jsonl",

@@ -216,25 +216,16 @@ def render(
     if audit is None:
         doc.add(Para("The judge was not audited: nothing says whether it can tell answers apart.", "warning"))
     else:
-        verdict = "The audit trusts this judge." if audit.get("trusted") else "The audit does not trust this judge."
-        notes = " ".join(audit.get("notes", []))
-        doc.add(Para(f"{verdict} {notes}".strip(), "" if audit.get("trusted") else "warning"))
-        if audit.get("checks"):
-            doc.add(
-                Table(
-                    ["check", "passed", "value", "limit", "detail"],
-                    [
-                        [
-                            c.get("name"),
-                            "yes" if c.get("passed") else "no",
-                            c.get("value"),
-                            c.get("limit"),
-                            c.get("detail", ""),
-                        ]
-                        for c in audit["checks"]
-                    ],
-                )
+        doc.add(Para(audit["summary"] + ".", "" if audit["trusted"] else "warning"))
+        doc.add(
+            Table(
+                ["check", "status", "value", "limit", "measured", "what it says"],
+                [
+                    [c["name"], c["status"], c["value"], c["limit"], c["measured"], c["sentence"]]
+                    for c in audit["checks"]
+                ],
             )
+        )
     doc.add(Heading("MT-Bench"))
     rows: list[list[Any]] = [
         [

@@ -155,3 +155,20 @@ def test_lineage_names_the_exact_base_weights(tmp_path: Path) -> None:
     entry = {"tag": "model-v1", "promoted": True, "reason": "first model", "cycle": "c1", "time": "t"}
     entry |= {"scores": scores, "lineage": lineage(repo, load_params(repo / "params.yaml"))}
     assert f"commit {commit} (revision v1)" in print_lineage(entry)
+
+
+def test_the_gate_reads_the_judge_audit_from_the_summary() -> None:
+    from tunefold.config import AuditSettings
+    from tunefold.eval.audit import audit_judge, position_stats, rating_discrimination, spread_stats
+
+    pairs = [{"g1_winner": "model_1", "g2_winner": "model_2"}] * 6  # the same slot in both orders, every time
+    ratings = [{"score": 10}] * 8
+    probes = [{"degradation": "truncate", "reference_rating": 10, "degraded_rating": 10}] * 5
+    audit = audit_judge(
+        "tiny", position_stats(pairs), spread_stats(ratings), [rating_discrimination(probes)], AuditSettings()
+    )
+    summary = {"mt_bench": {"overall": 9.0, "judged": 8}, "judge": {"mt_bench": "tiny"}}
+    s = Scores.from_summary(summary | {"audit": audit.model_dump(mode="json")})
+    assert s.judge_trusted is False and s.judge == "tiny"
+    assert any("6/6 verdicts followed position" in n for n in s.judge_notes)
+    assert Scores.from_summary(summary).judge_trusted is None  # not audited

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tunefold.config import Params
+from tunefold.config import AuditSettings, Params
+from tunefold.eval.audit import audit_judge, position_stats, rating_discrimination, spread_stats
 from tunefold.eval.mtbench import aggregate_pairs, aggregate_single, answer_row, combine_orders
 from tunefold.eval.uncertainty import paired_interval, per_question_means
 from tunefold.pipeline.stage import StageContext
@@ -70,13 +71,13 @@ def _inputs(tmp: Path) -> dict[str, Path]:
         "candidate": {"skill": skills, "failures": 1, "failure_kinds": {"unparseable": 1}},
         "base": {"skill": {"Factuality": {"mean": 3.0, "n": 4}, "Readability": {"mean": 2.5, "n": 4}}},
     }
-    audit = {
-        "trusted": False,
-        "notes": ["this judge cannot tell answers apart: 4/4 verdicts followed position"],
-        "checks": [{"name": "position", "passed": False, "value": 1.0, "limit": 0.5, "detail": "4/4"}],
-    }
+    position = position_stats(
+        [{"g1_winner": "model_1", "g2_winner": "model_2"}] * 4  # slot A both times: position, not answer
+    )
+    probes = [{"degradation": "truncate", "reference_rating": 9, "degraded_rating": 9}] * 4
+    audit = audit_judge("smollm2", position, spread_stats(single), [rating_discrimination(probes)], AuditSettings(), 4)
     paths = {"mt": tmp / "mt.json", "fl": tmp / "fl.json", "audit": tmp / "audit.json"}
-    for key, data in (("mt", mt), ("fl", fl), ("audit", audit)):
+    for key, data in (("mt", mt), ("fl", fl), ("audit", audit.model_dump(mode="json"))):
         paths[key].write_text(json.dumps(data))
     return paths | {"judgments": judgments, "answers": answers}
 
@@ -109,7 +110,7 @@ def test_report_renders_tables_both_models_and_the_judge_audit(tmp_path: Path) -
         and summary["mt_bench"]["interval"] is not None
     )
     md = (out / "report.md").read_text()
-    assert "**Warning:** The audit does not trust this judge. this judge cannot tell answers apart" in md
+    assert "**Warning:** judge smollm2 is not trusted: this judge cannot tell answers apart: 4/4 verdicts" in md
     assert "win_rate 0.5 (W/(W+T+L)), win_rate_adjusted 0.75" in md
     assert "1 MT-Bench and 1 FLASK judge calls gave no clean score (MT-Bench: 1 truncated; FLASK: 1 unparseable)" in md
     assert "2 requests were sent again after a transport error" in md

@@ -46,7 +46,7 @@ class Scores:
             mt_bench_per_question=dict(mt.get("per_question", {})),
             judge=(s.get("judge") or {}).get("mt_bench"),
             judge_trusted=audit.get("trusted"),
-            judge_notes=list(audit.get("notes", [])),
+            judge_notes=[c["sentence"] for c in audit.get("checks", []) if c["status"] in ("fail", "not_measured")],
         )
 
     @property
