@@ -71,7 +71,7 @@ def run_flow(repo: Path, server: dict[str, str]) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def api(server: dict[str, str], path: str, body: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def api(server: dict[str, str], path: str, body: dict[str, Any] | None = None) -> Any:
     response = httpx.post(f"{server['PREFECT_API_URL']}/{path}", json=body or {}, timeout=30)
     response.raise_for_status()
     return response.json()
@@ -109,7 +109,7 @@ def dvc_changed(repo: Path) -> set[str]:
     return set(json.loads(run([*DVC, "status", "--json"], repo).stdout))
 
 
-def test_stages_run_as_a_graph_and_runs_are_versioned(
+def test_stages_run_as_a_graph_and_runs_and_deployments_are_versioned(
     tmp_path: Path,
     prefect_server: dict[str, str],  # noqa: F811
 ) -> None:
@@ -145,6 +145,17 @@ def test_stages_run_as_a_graph_and_runs_are_versioned(
     assert second["state_type"] == "COMPLETED"
     assert second["flow_version"] == f"{commit}-dirty"
     assert {params_tag, lock_tag} <= set(second["tags"])
+
+    # `tunefold deploy` versions the cycle's deployment by the checkout it deploys from, the same way
+    api(prefect_server, "work_pools/", {"name": "cpu", "type": "process"})
+    run(
+        [sys.executable, "-m", "tunefold.cli", "--root", str(ROOT), "deploy", "--pool", "cpu"], ROOT, env=prefect_server
+    )
+    (deployment,) = api(prefect_server, "deployments/filter")
+    ours = run(["git", "rev-parse", "--short", "HEAD"], ROOT).stdout.strip()
+    dirty = run(["git", "status", "--porcelain", "--", "."], ROOT).stdout.strip()
+    assert deployment["version"] == ours + ("-dirty" if dirty else "")
+    assert set(deployment["tags"]) == {f"params:{sha12(ROOT / 'params.yaml')}", f"dvc.lock:{sha12(ROOT / 'dvc.lock')}"}
 
 
 def test_a_failed_stage_stops_its_downstream_only(
