@@ -27,6 +27,7 @@ from tunefold.io import atomic_dir, read_json
 from tunefold.pipeline.dvcrun import dvc_cmd, tool_env
 from tunefold.pipeline.lock import WorkspaceLock
 from tunefold.pipeline.summary import md_table
+from tunefold.pipeline.versioning import run_version, stamp_flow_run
 
 LOCK = ".tunefold/cycle.lock"
 
@@ -59,11 +60,18 @@ def record(root: str, params: Params, decision: Decision, cycle_id: str, sources
     tag = f"{params.cycle.tag_prefix}{version}" if version else f"challenger-{cycle_id}"
     summary = read_json(rootp / "reports/eval/summary.json")
     entry = {
-        "cycle": cycle_id, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "tag": tag, "version": version,
-        "promoted": decision.promote, "reason": decision.reason, "decision": decision.as_dict(),
+        "cycle": cycle_id,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "tag": tag,
+        "version": version,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "decision": decision.as_dict(),
         "model_id": f"{params.cycle.tag_prefix}{version}" if version else None,
-        "scores": Scores.from_summary(summary).__dict__, "sources": sources, "lineage": lineage(rootp, params),
-    }  # fmt: skip
+        "scores": Scores.from_summary(summary).__dict__,
+        "sources": sources,
+        "lineage": lineage(rootp, params),
+    }
     track = [params.cycle.registry]
     if decision.promote:
         with atomic_dir(rootp / params.cycle.champion_dir) as tmp:
@@ -75,10 +83,10 @@ def record(root: str, params: Params, decision: Decision, cycle_id: str, sources
     if params.cycle.commit:
         sources = [s.path for s in params.ingest.sources]
         tracked = [p for p in (*sources, *(f"{p}.dvc" for p in sources)) if (rootp / p).exists()]
-        git(rootp, "add", "-A", "--", "dvc.lock", "params.yaml", "metrics", ":(glob)**/.gitignore", *tracked,
-            *(f"{t}.dvc" for t in track))  # fmt: skip
-        git(rootp, "-c", "user.name=tunefold", "-c", "user.email=tunefold@localhost", "commit", "-q",
-            "--allow-empty", "-m", f"cycle {cycle_id}: {tag} {decision.reason}")  # fmt: skip
+        paths = ["dvc.lock", "params.yaml", "metrics", ":(glob)**/.gitignore", *tracked, *(f"{t}.dvc" for t in track)]
+        author = ("-c", "user.name=tunefold", "-c", "user.email=tunefold@localhost")
+        git(rootp, "add", "-A", "--", *paths)
+        git(rootp, *author, "commit", "-q", "--allow-empty", "-m", f"cycle {cycle_id}: {tag} {decision.reason}")
         git(rootp, "tag", "-f", tag)
     return entry
 
@@ -88,6 +96,7 @@ def cycle(root: str = ".") -> dict[str, Any]:
     """Run the pipeline on the current data, then promote the result or not. Returns the registry entry."""
     logger = get_run_logger()
     rootp = Path(root).resolve()
+    stamp_flow_run(rootp)
     with WorkspaceLock(rootp / LOCK) as lock:
         if not lock.acquired:
             logger.warning("another cycle is running in %s (%s); skipping this one", rootp, lock.holder())
@@ -104,8 +113,12 @@ def cycle(root: str = ".") -> dict[str, Any]:
         try:
             pipeline(root=str(rootp))
         except Exception as e:
-            _notify(params, "tunefold cycle failed", f"cycle {cycle_id} in {rootp} failed: {e}. The champion "
-                    f"({champion['tag'] if champion else 'none'}) is unchanged; re-run to resume.")  # fmt: skip
+            _notify(
+                params,
+                "tunefold cycle failed",
+                f"cycle {cycle_id} in {rootp} failed: {e}. The champion "
+                f"({champion['tag'] if champion else 'none'}) is unchanged; re-run to resume.",
+            )
             raise
         adapter_hash = lock_outs(rootp).get(params.cycle.candidate_adapter)
         if champion and champion["lineage"]["adapter"]["hash"] == adapter_hash:
@@ -126,22 +139,42 @@ def cycle(root: str = ".") -> dict[str, Any]:
 
 
 def serve(root: Path, params: Params) -> None:
-    """A long-lived process that runs the cycle on the params' schedule (no work pool needed)."""
-    schedule = {"interval": params.cycle.interval_seconds} if params.cycle.interval_seconds else {
-        "cron": params.cycle.cron}  # fmt: skip
-    cycle.serve(name=params.cycle.deployment, parameters={"root": str(root)}, global_limit=1, **schedule)
+    """A long-lived process that runs the cycle on the params' schedule (no work pool needed). The deployment is
+    versioned like a run (git commit, hashes of params.yaml and dvc.lock); each run stamps its own when it starts."""
+    if params.cycle.interval_seconds:
+        schedule: dict[str, Any] = {"interval": params.cycle.interval_seconds}
+    else:
+        schedule = {"cron": params.cycle.cron}
+    version = run_version(root)
+    cycle.serve(
+        name=params.cycle.deployment,
+        parameters={"root": str(root)},
+        global_limit=1,
+        version=version.version,
+        tags=list(version.tags),
+        **schedule,
+    )
 
 
 def deploy(root: Path, params: Params, pool: str) -> None:
     """A deployment on a work pool (`prefect worker start --pool POOL` runs it), from this checkout's code."""
     from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
-    sched = (IntervalSchedule(interval=params.cycle.interval_seconds) if params.cycle.interval_seconds
-             else CronSchedule(cron=params.cycle.cron or "0 3 * * 1", timezone=params.cycle.timezone))  # fmt: skip
+    if params.cycle.interval_seconds:
+        sched: IntervalSchedule | CronSchedule = IntervalSchedule(interval=params.cycle.interval_seconds)
+    else:
+        sched = CronSchedule(cron=params.cycle.cron or "0 3 * * 1", timezone=params.cycle.timezone)
+    version = run_version(root)
     cycle.from_source(source=str(root), entrypoint="flows/cycle.py:cycle").deploy(
-        name=params.cycle.deployment, work_pool_name=pool, parameters={"root": str(root)}, schedule=sched,
-        concurrency_limit=1, print_next_steps=False,
-    )  # fmt: skip
+        name=params.cycle.deployment,
+        work_pool_name=pool,
+        parameters={"root": str(root)},
+        schedule=sched,
+        concurrency_limit=1,
+        version=version.version,
+        tags=list(version.tags),
+        print_next_steps=False,
+    )
 
 
 if __name__ == "__main__":

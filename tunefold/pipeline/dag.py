@@ -1,6 +1,7 @@
 """The stage graph as dvc.yaml declares it and DVC resolves it: the single source of truth for both runners.
 
-The Prefect flow walks `StageGraph.order()`; a test compares its edges with `dvc dag`.
+The Prefect flow runs `StageGraph.order()` through a `Schedule` (independent stages side by side); a test compares
+the graph's edges with `dvc dag`.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from tunefold.errors import TunefoldError
 
@@ -21,6 +23,12 @@ class Stage:
     metrics: tuple[str, ...]
     plots: tuple[str, ...]
     params: tuple[str, ...]
+
+
+def _address(stage: Any) -> str:
+    """How `dvc repro` run in the project root names a DVC stage (DVC's own `addressing` is relative to the
+    process's working directory, which need not be the project)."""
+    return stage.name if stage.path_in_repo == "dvc.yaml" else f"{stage.path_in_repo}:{stage.name}"
 
 
 def _overlaps(a: str, b: str) -> bool:
@@ -51,8 +59,8 @@ class StageGraph:
                     if not st.cmd:
                         continue  # a `.dvc` file, not a pipeline stage
                     outs = [o for o in st.outs if not (o.metric or o.plot)]
-                    stages[st.addressing] = Stage(
-                        name=st.addressing,
+                    stages[_address(st)] = Stage(
+                        name=_address(st),
                         cmd=" ".join(st.cmd) if isinstance(st.cmd, list) else st.cmd,
                         deps=tuple(d.def_path for d in st.deps if not d.def_path.endswith("params.yaml")),
                         outs=tuple(o.def_path for o in outs),
@@ -62,8 +70,8 @@ class StageGraph:
                     )
                 upstream = {name: set() for name in stages}
                 for down, up in index.graph.edges:
-                    if down.addressing in stages and up.addressing in stages:
-                        upstream[down.addressing].add(up.addressing)
+                    if _address(down) in stages and _address(up) in stages:
+                        upstream[_address(down)].add(_address(up))
         except DvcException as e:
             raise TunefoldError(f"{path}: {e}") from e
         return cls(stages, upstream)
@@ -98,6 +106,50 @@ class StageGraph:
     def untracked_sources(self, stage: str, paths: list[str]) -> list[str]:
         """Paths a stage reads (e.g. ingest sources) that are not among its DVC deps: changes would go unnoticed."""
         return untracked(paths, self.stages[stage].deps)
+
+
+@dataclass
+class Schedule:
+    """Which stages may start now: every upstream stage done, fewer than `max_parallel` running, and none of the
+    same exclusive resource (e.g. the one GPU) running. What is downstream of a failure never starts."""
+
+    order: list[str]
+    upstream: dict[str, set[str]]
+    max_parallel: int
+    resource: dict[str, str] = field(default_factory=dict)
+    running: set[str] = field(default_factory=set)
+    done: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+
+    def startable(self) -> list[str]:
+        """Stages to start now, in `order`; call `start` for each."""
+        busy = {self.resource[s] for s in self.running if s in self.resource}
+        free = self.max_parallel - len(self.running)
+        out: list[str] = []
+        for name in self.order:
+            if len(out) >= free:
+                break
+            res = self.resource.get(name)
+            seen = name in self.running or name in self.done or name in self.failed
+            if not seen and self.upstream[name] <= self.done and (res is None or res not in busy):
+                out.append(name)
+                busy |= {res} if res else set()
+        return out
+
+    def start(self, name: str) -> None:
+        self.running.add(name)
+
+    def finish(self, name: str, ok: bool) -> None:
+        self.running.discard(name)
+        (self.done if ok else self.failed).add(name)
+
+    def blocked(self) -> list[str]:
+        """Stages that will never start because something upstream of them failed, in `order`."""
+        out: list[str] = []
+        for name in self.order:
+            if self.upstream[name] & (self.failed | set(out)):
+                out.append(name)
+        return out
 
 
 def untracked(paths: list[str], deps: Iterable[str]) -> list[str]:
