@@ -44,7 +44,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
 
     print(f"running {' -> '.join(order)} through Prefect", file=sys.stderr)
-    state = pipeline(root=str(a.root), stages=a.stages, force=a.force, return_state=True)
+    state = pipeline(root=str(a.root), stages=a.stages, force=a.force, max_parallel=a.jobs, return_state=True)
     if not state.is_completed():
         print(f"error: pipeline run {state.name.lower()}: {state.message}", file=sys.stderr)
         return 1
@@ -195,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", nargs="+", metavar="STAGE", help="only these stages and what they need")
     p.add_argument("--force", action="store_true", help="re-run the selected stages even if up to date")
     p.add_argument("--dvc", action="store_true", help="run with `dvc repro` instead of Prefect")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="independent stages run side by side, at most N at once (default: CPUs, at most 4; GPU stages one "
+        "at a time)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
