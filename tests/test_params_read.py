@@ -27,6 +27,8 @@ NO_OUTPUT_EFFECT = (
     "eval.candidate.concurrency",
     "eval.baseline.concurrency",
     "orchestration",
+    "train.logging_steps",
+    "train.save_steps",  # checkpoint frequency: what a killed run resumes from, not the trained model
 )
 
 

@@ -36,9 +36,13 @@ class Section(BaseModel):
         return value
 
     def model_dump(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """A dump reads every key below this section (e.g. into a fingerprint)."""
+        """A dump reads every key below this section (e.g. into a fingerprint) but those it excludes."""
         if _READS is not None and (path := _PATHS.get(id(self))) is not None:
-            _READS.add(path)
+            excluded = kwargs.get("exclude") or ()
+            for name, field in type(self).model_fields.items():
+                if name not in excluded:
+                    key = field.alias or name
+                    _READS.add(f"{path}.{key}" if path else key)
         return super().model_dump(*args, **kwargs)
 
 
