@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,12 @@ os.environ.update(
     TOKENIZERS_PARALLELISM="false",
     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",  # a fresh PREFECT_HOME migrates its database first
 )
+
+# Started without job control (`nohup make test > log &` from a script), the suite inherits an ignored SIGINT, and so
+# would every child (SIG_IGN survives exec): a test that interrupts a child would wait for nothing. A handler here
+# resets to the default in each child at exec, as in a foreground shell.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:

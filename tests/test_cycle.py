@@ -174,6 +174,20 @@ asyncio.run(main())
 """
 
 
+def stop_with_sigterm(proc: subprocess.Popen) -> float:
+    """SIGTERM to a long-running child's process group, as systemd, Docker and Kubernetes stop a service; the
+    seconds it took to exit (inf, and a SIGKILL, past 60)."""
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return float("inf")
+    return time.monotonic() - start
+
+
 def wait_for_deployment_run(repo: Path, server_env: dict[str, str], proc: subprocess.Popen, log: Path) -> None:
     """Until a flow run of a deployment has completed (the schedule fired and the run finished)."""
     deadline = time.time() + 240
@@ -205,8 +219,9 @@ def test_process_work_pool_runs_the_deployed_cycle(
     try:
         wait_for_deployment_run(repo, prefect_server, worker, tmp_path / "worker.log")
     finally:
-        os.killpg(worker.pid, signal.SIGINT)  # a worker ignores SIGTERM once its server is gone (STACK.md)
-        worker.wait(timeout=60)
+        stopped_in = stop_with_sigterm(worker)  # while its server is up (without it, a worker ignores SIGTERM)
+    log_text = (tmp_path / "worker.log").read_text()
+    assert stopped_in < 30, f"the worker still ran {stopped_in:.0f} s after SIGTERM:\n{log_text}"
     assert len(registry(repo)) == 1  # the candidate is the champion: the run decided nothing
 
 
@@ -246,8 +261,9 @@ CustomWebhookNotificationBlock(name="ops", url={url!r}, json_data={{"text": "{{{
     try:
         wait_for_deployment_run(repo, prefect_server, server, tmp_path / "serve.log")
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        server.wait(timeout=60)
+        stopped_in = stop_with_sigterm(server)
+    log_text = (tmp_path / "serve.log").read_text()
+    assert stopped_in < 30, f"`tunefold serve` still ran {stopped_in:.0f} s after SIGTERM:\n{log_text}"
     assert len(registry(repo)) == 1  # nothing new: no decision
 
     # A cycle that fails (validation over its limit): the webhook hears of it, the champion and registry stay.
