@@ -51,7 +51,7 @@ def promoted_repo(reproduced_repo: Path, tmp_path_factory: pytest.TempPathFactor
     """A project copy after its first cycle (the first model is always promoted when its judgments parse)."""
     repo = tmp_path_factory.mktemp("cycle") / "repo"
     shutil.copytree(reproduced_repo, repo, symlinks=True)
-    set_params(repo, cycle={"gate": {"max_parse_failure_rate": 1.0}})
+    set_params(repo, cycle={"gate": {"max_failure_rate": 1.0}})
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "gate for the test"], repo)
     home = {"PREFECT_HOME": str(repo.parent / "prefect-home"), **EPHEMERAL}
     out = run([*TUNEFOLD, "cycle"], repo, env=home).stdout
@@ -108,10 +108,11 @@ def test_new_data_rejected_by_the_gate_then_checkout_restores_the_champion(repo:
     v1_data = (repo / "data/sample/alpaca.jsonl").read_text()
     row = {"instruction": "Name three primary colours.", "input": "", "output": "Red, yellow and blue."}
     (repo / "data/sample/alpaca.jsonl").write_text(v1_data + json.dumps(row) + "\n")
-    # Every MT-Bench difference counts as a tie, and the pairwise judgment is against the base model, not the
-    # champion: the gate must reject, whatever the embedded judge's scores are.
-    set_params(repo, cycle={"gate": {"max_parse_failure_rate": 1.0, "tie_margin": 100.0,
-                                     "mt_bench_tolerance": 100.0, "flask_tolerance": 5.0}})  # fmt: skip
+    # One MT-Bench question cannot show a difference (no interval to pair), and the pairwise judgment is against
+    # the base model, not the champion: the gate must reject, whatever the embedded judge's scores are. (The audit
+    # would reject the embedded judge first; it is switched off to exercise the tie rule end to end.)
+    gate = {"max_failure_rate": 1.0, "mt_bench_tolerance": 100.0, "flask_tolerance": 5.0}
+    set_params(repo, cycle={"gate": gate | {"require_trusted_judge": False}})
     out = run([*TUNEFOLD, "cycle"], repo, env={"PREFECT_HOME": str(tmp_path / "ph"), **EPHEMERAL}).stdout
     first, second = registry(repo)
     assert not second["promoted"] and second["tag"].startswith("challenger-") and second["tag"] in out

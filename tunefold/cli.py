@@ -41,6 +41,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     order = StageGraph.load(a.root / "dvc.yaml").order(a.stages)
     if a.dvc:
         return _dvc(["repro", *(["--force"] if a.force else []), *(a.stages or [])], a.root)
+    if not os.environ.get("PREFECT_API_URL"):
+        # the temporary local server's usage heartbeat races its own SQLite writes and prints a traceback
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import pipeline
 
     print(f"running {' -> '.join(order)} through Prefect", file=sys.stderr)

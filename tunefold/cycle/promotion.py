@@ -127,7 +127,10 @@ def decide(challenger: Scores, champion: Scores | None, gate: GateSettings, cham
     if paired is None:
         delta = challenger.mt_bench - (champion.mt_bench or 0.0)
         low = high = delta
-        note = f"delta {delta:+.3f}; no per-question scores to pair: the difference's uncertainty is unknown"
+        note = (
+            f"delta {delta:+.3f}; fewer than two questions judged for both to pair: "
+            "the difference's uncertainty is unknown"
+        )
     else:
         low, high = paired["low"], paired["high"]
         note = (
