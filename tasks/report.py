@@ -138,6 +138,12 @@ def build_summary(
     }
 
 
+def _setup(summary: dict[str, Any]) -> tuple[Any, ...]:
+    """What must match for two evaluations' scores to be compared: judges, protocol settings, question file."""
+    mt = summary.get("mt_bench", {})
+    return summary.get("judge", {}).get("mt_bench"), summary.get("judge", {}).get("flask"), mt.get("settings")
+
+
 def _delta(now: float | None, before: float | None) -> str:
     if now is None or before is None:
         return "n/a"
@@ -201,7 +207,7 @@ def render(
                 f"Compared with the previous evaluation of {previous.get('candidate')} "
                 f"({previous.get('evaluated_at', '?')})."
                 if previous
-                else "No previous evaluation to compare with."
+                else "No previous evaluation by the same judge with the same settings to compare with."
             )
         )
     )
@@ -341,6 +347,9 @@ def report(
     summary["evaluated_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     past = [json.loads(x) for x in history.read_text().splitlines() if x.strip()] if history.exists() else []
     previous = past[-1] if past else None
+    if previous is not None and _setup(previous) != _setup(summary):
+        log.info("previous evaluation had another judge or settings: its scores are not compared")
+        previous = None
     images: dict[str, bytes] = {}
     mt, fl = summary["mt_bench"], summary["flask"]
     cats = sorted(mt["categories"])
