@@ -75,7 +75,7 @@ def test_first_cycle_promotes_records_and_tags(promoted_repo: Path, tmp_path: Pa
     repo = promoted_repo
     [entry] = registry(repo)
     assert entry["promoted"] and entry["tag"] == "model-v1" and entry["model_id"] == "model-v1"
-    assert {c["name"] for c in entry["decision"]["checks"]} == {"parse_failure_rate", "mt_bench_scored"}
+    assert {c["name"] for c in entry["decision"]["checks"]} == {"failure_rate", "mt_bench_scored"}
     assert sha(repo / "models/champion/adapter/adapter_model.safetensors") == sha(repo / ADAPTER)
     assert "model-v1" in run(["git", "tag"], repo).stdout
     assert (repo / "registry.dvc").exists() and (repo / "models/champion.dvc").exists()

@@ -63,13 +63,16 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
     assert (repo / "data/curriculum/rounds/r1.jsonl").read_text().count("\n") == sft_r1["conversations"]
     mt = json.loads((repo / "metrics/mt_bench.json").read_text())
     judged = mt["candidate"]["overall"]
-    assert judged["judged"] + judged["parse_failures"] == 2  # one question, two turns: every rating accounted for
+    assert judged["judged"] + judged["failures"] == 2  # one question, two turns: every rating accounted for
+    assert sum(judged["failure_kinds"].values()) == judged["failures"]
+    assert mt["comparability"]["comparable"] is False and "1 items judged (official 80)" in mt["comparability"]["line"]
     assert (repo / f"data/eval/model_judgment/{mt['judge']}_pair.jsonl").exists()
     flask = json.loads((repo / "metrics/flask.json").read_text())
     scored = flask["candidate"]
-    assert scored["instances"] == 1 and (scored["skill"] or scored["parse_failures"] == 1)
+    assert scored["instances"] == 1 and (scored["skill"] or scored["failures"] == 1)
     summary = json.loads((repo / "reports/eval/summary.json").read_text())
-    assert summary["mt_bench"]["judged"] + summary["mt_bench"]["parse_failures"] == 2
+    assert summary["mt_bench"]["judged"] + summary["mt_bench"]["failures"] == 2
+    assert summary["audit"]["judge"] == mt["judge"] or summary["audit"]["checks"]  # the judge was audited
     html = (repo / "reports/eval/report.html").read_text()
     assert "data:image/png;base64," in html and "MT-Bench" in html
     history = (repo / "metrics/eval_history.jsonl").read_text().splitlines()
