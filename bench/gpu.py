@@ -193,35 +193,44 @@ def run_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
     )
     out: dict[str, Any] = {"model": info}
 
-    reset_peak(device)
+    before = reset_peak(device)
     sft = train_sft(train, "r1", base, work / name / "sft", work / name / "sft_ckpt", work / name / "sft.tsv")
     check_stage(sft, device)
-    out["sft"] = summarize(sft, info, seq)
+    out["sft"] = summarize(sft, info, seq) | {"gpu_memory_before_gb": before}
 
     if device == "cuda" and args.qlora:
-        reset_peak(device)
+        before = reset_peak(device)
         q = train.model_copy(update={"qlora": True})
         qsft = train_sft(q, "r1", base, work / name / "qsft", work / name / "qsft_ckpt", work / name / "qsft.tsv")
         check_stage(qsft, device)
-        out["qlora_sft"] = summarize(qsft, info, seq)
+        out["qlora_sft"] = summarize(qsft, info, seq) | {"gpu_memory_before_gb": before}
 
-    reset_peak(device)
+    before = reset_peak(device)
     dpo_cfg = DPOSettings(init=str(work / name / "sft"), data=str(data), max_steps=args.steps, max_length=seq)
     dpo = train_dpo(dpo_cfg, train, base, work / name / "dpo", work / name / "dpo_ckpt", work / name / "dpo.tsv")
     check_stage(dpo, device, loss_key=None)
     # one base in memory (the reference is a frozen adapter; dpo_trainer refuses otherwise): compare with the weights
     keys = ("device", "dtype", "attention", "steps", "peak_gpu_memory_gb", "train_loss", "real_tokens_per_second")
     out["dpo"] = {k: dpo[k] for k in keys} | {"weights_gb": round(info["parameters"] * 2 / 2**30, 2)}
+    out["dpo"]["gpu_memory_before_gb"] = before
 
     out["generation"] = generation_speed(base, work / name / "dpo", plan_device(device), args)
     return out
 
 
-def reset_peak(device: str) -> None:
+def reset_peak(device: str) -> float | None:
+    """Free what the previous stage left (a trainer and its model form reference cycles) and restart the peak
+    counter; returns the GiB still allocated, which the next stage's peak includes (0 when nothing leaked)."""
+    import gc
+
     import torch
 
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    gc.collect()
+    if device != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return round(torch.cuda.memory_allocated() / 2**30, 3)
 
 
 def check_stage(m: dict[str, Any], device: str, loss_key: str | None = "loss") -> None:
