@@ -1,0 +1,121 @@
+"""Benchmark: processes that share the cores, with OpenMP's default waiting (idle threads spin) vs the pipeline's
+`OMP_WAIT_POLICY=PASSIVE` (idle threads sleep; `tunefold/cores.py`).
+
+The pipeline runs llama.cpp (the embedded judge/teacher server) and torch (training, answering) at the same time:
+the server waits for requests beside a stage, stages run side by side with `--jobs`, the test suite runs servers
+beside stages. Both libraries run their kernels on libgomp thread teams. Each workload is measured alone and side
+by side with the other, under each policy, every run in fresh processes:
+
+- llama.cpp: the embedded GGUF answering chat requests greedily (`--requests`, `--max-tokens` each);
+- torch: the converted base model generating a batch of 4 greedy answers of `--max-tokens` tokens.
+
+Run: .venv/bin/python bench/threads.py [--requests 4] [--max-tokens 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+QUESTIONS = [
+    "Explain how rivers form deltas.",
+    "Write a short poem about winter.",
+    "What is the capital of Australia, and why was it chosen?",
+    "Compare Python and Rust for systems programming.",
+    "Describe the water cycle to a child.",
+    "Give three tips for a job interview.",
+]
+
+
+def work_llama(requests: int, max_tokens: int) -> int:
+    import llama_cpp
+
+    from tunefold.train.models import embedded_gguf
+
+    model = llama_cpp.Llama(model_path=str(embedded_gguf()), n_ctx=2048, verbose=False)
+    tokens = 0
+    for question in QUESTIONS[:requests]:
+        messages = [{"role": "user", "content": question}]
+        reply = model.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0)
+        tokens += reply["usage"]["completion_tokens"]
+    return tokens
+
+
+def work_torch(base: Path, max_tokens: int) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(base)
+    batch = tok(QUESTIONS[:4], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        model.generate(**batch, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
+    return 4 * max_tokens
+
+
+def child(args: argparse.Namespace) -> None:
+    """One workload in this process; prints its tokens and seconds (model loading excluded for both)."""
+    start = time.perf_counter()
+    if args.work == "llama":
+        tokens = work_llama(args.requests, args.max_tokens)
+    else:
+        tokens = work_torch(Path(args.base), args.max_tokens)
+    print(json.dumps({"tokens": tokens, "seconds": round(time.perf_counter() - start, 2)}))
+
+
+def run(works: list[str], policy: str | None, args: argparse.Namespace, base: Path) -> dict[str, float]:
+    """Start the workloads together, each in its own process, under `policy` (None: the variable unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    cmd = [sys.executable, __file__, "--requests", str(args.requests), "--max-tokens", str(args.max_tokens)]
+    procs = {
+        w: subprocess.Popen([*cmd, "--work", w, "--base", str(base)], env=env, stdout=subprocess.PIPE, text=True)
+        for w in works
+    }
+    out = {}
+    for w, proc in procs.items():
+        result = json.loads(proc.communicate()[0].strip().splitlines()[-1])
+        out[w] = round(result["tokens"] / result["seconds"], 1)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=4, help="llama.cpp chat requests")
+    p.add_argument("--max-tokens", type=int, default=96, help="new tokens per answer")
+    p.add_argument("--work", choices=["llama", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--base", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.work:
+        child(args)
+        return
+    from bench.common import base_model
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = base_model(Path(tmp))
+        for policy in (None, "PASSIVE"):
+            name = policy or "unset (libgomp default)"
+            for works in (["llama"], ["torch"], ["llama", "torch"]):
+                speeds = run(works, policy, args, base)
+                rows.append({"policy": name, "together": len(works) > 1, "tokens_per_second": speeds})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    together = {r["policy"]: r["tokens_per_second"] for r in rows if r["together"]}
+    default, passive = together.values()
+    ratios = {w: round(passive[w] / default[w], 2) for w in default}
+    print(json.dumps({"cpus": os.cpu_count(), "runs": rows, "side_by_side_ratio_passive_vs_default": ratios}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Idle OpenMP threads sleep in every process the pipeline starts (tunefold/cores.py), unless the user chose."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# imports the package the way a stage does, starts the embedded server and reads the policy its child runs with
+SCRIPT = """
+import os, sys
+import tunefold
+from tunefold.config import EmbeddedServerConfig
+from tunefold.llm.server import EmbeddedServer
+print(os.environ.get("OMP_WAIT_POLICY"))
+if sys.argv[1] == "server":
+    server = EmbeddedServer(EmbeddedServerConfig()).start()
+    try:
+        env = open(f"/proc/{server.proc.pid}/environ", "rb").read().split(b"\\0")
+        print([e.decode() for e in env if e.startswith(b"OMP_WAIT_POLICY=")])
+    finally:
+        server.stop()
+"""
+
+
+def _run(what: str, policy: str | None) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, what], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip().splitlines()
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads a child's environment from /proc")
+def test_the_embedded_server_inherits_sleeping_threads() -> None:
+    assert _run("server", None) == ["PASSIVE", "['OMP_WAIT_POLICY=PASSIVE']"]
+
+
+def test_a_policy_the_user_set_is_kept() -> None:
+    assert _run("package", "ACTIVE") == ["ACTIVE"]
+    assert _run("package", None) == ["PASSIVE"]
