@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,9 +56,10 @@ def project_files() -> list[str]:
     produced = [Path(p) for st in graph.stages.values() for p in (*st.outs, *st.metrics, *st.plots)]
     out = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout
     return [
-        f for f in out.splitlines()
+        f
+        for f in out.splitlines()
         if (ROOT / f).is_file() and not any(Path(f) == p or p in Path(f).parents for p in produced)
-    ]  # fmt: skip
+    ]
 
 
 def copy_project(dest: Path) -> Path:
@@ -70,13 +75,21 @@ def copy_project(dest: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded SmolLM2 converted by the real prepare_model stage (once per test session)."""
-    from tasks.prepare_model import prepare_model
-    from tunefold.config import ModelConfig
+def prepared_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small project copy (see `shrink_training`) in which `dvc repro prepare_model` has converted the embedded
+    SmolLM2: once per session, for `base_model` and as the start of `reproduced_repo`."""
+    repo = copy_project(tmp_path_factory.mktemp("prepared") / "project")
+    shrink_training(repo)
+    run([sys.executable, "-m", "dvc", "repro", "prepare_model"], repo)
+    return repo
 
+
+@pytest.fixture(scope="session")
+def base_model(prepared_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded SmolLM2 converted by the real prepare_model stage (a copy: the repo's files are linked to its
+    DVC cache)."""
     out = tmp_path_factory.mktemp("model") / "base"
-    prepare_model(ModelConfig(), out)
+    shutil.copytree(prepared_repo / "models/base", out)
     return out
 
 
@@ -92,9 +105,9 @@ def shrink_training(repo: Path) -> None:
     rounds["r2"] |= {"epochs": 1, "max_steps": 1}
     params["train"] |= {"max_length": 256, "save_steps": 1}
     params["dpo"] |= {"init": "models/sft/r2/adapter", "max_steps": 2, "max_length": 256}
-    params["curriculum"]["synthesize"] |= {"pool_size": 2, "max_iterations": 2}
-    # score 12 instructions and keep them all, whatever their MFD: the rounds need records
-    params["curriculum"]["difficulty"] |= {"min_mfd": -10.0, "max_instructions": 12}
+    params["curriculum"]["synthesize"] |= {"pool_size": 1, "max_iterations": 2}
+    # score 8 instructions and keep them all, whatever their MFD: the rounds need records
+    params["curriculum"]["difficulty"] |= {"min_mfd": -10.0, "max_instructions": 8}
     params["eval"]["mt_bench"]["question_ids"] = [5]
     params["eval"]["flask"]["limit"] = 1
     params["eval"]["audit"]["references"] = 1
@@ -105,9 +118,77 @@ def shrink_training(repo: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def reproduced_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reproduced_repo(prepared_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project copy (with two small training rounds) on which `dvc repro` has run the whole pipeline once."""
-    repo = copy_project(tmp_path_factory.mktemp("repo") / "project")
-    shrink_training(repo)
+    repo = tmp_path_factory.mktemp("repo") / "project"
+    shutil.copytree(prepared_repo, repo, symlinks=True)
     run([sys.executable, "-m", "dvc", "repro"], repo)
     return repo
+
+
+@pytest.fixture(scope="session")
+def migrated_prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PREFECT_HOME whose database is migrated once; a fresh one migrates on every Prefect start (~15 s)."""
+    home = tmp_path_factory.mktemp("prefect-template") / "home"
+    prefect = str(Path(sys.executable).parent / "prefect")
+    run(
+        [prefect, "server", "database", "upgrade", "-y"], ROOT, env={"PREFECT_HOME": str(home), "PREFECT_API_URL": None}
+    )
+    return home
+
+
+def prefect_home(template: Path, dest: Path) -> Path:
+    """A new PREFECT_HOME at `dest`, started from the migrated template (no runs, blocks or deployments in it)."""
+    shutil.copytree(template, dest)
+    return dest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def prefect_server_at(home: Path, log: Path) -> Iterator[dict[str, str]]:
+    """A real `prefect server start` on loopback with its own PREFECT_HOME; yields the env that points at it."""
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    prefect = str(Path(sys.executable).parent / "prefect")
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.5)
+        else:
+            raise AssertionError("prefect server did not become healthy:\n" + log.read_text())
+        yield {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def prefect_server(migrated_prefect_home: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """This test's own Prefect server (a fresh home: no runs, blocks or deployments of other tests)."""
+    with prefect_server_at(
+        prefect_home(migrated_prefect_home, tmp_path / "prefect-home"), tmp_path / "server.log"
+    ) as env:
+        yield env

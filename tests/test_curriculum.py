@@ -48,8 +48,10 @@ def test_rebalance_hits_the_target_and_accounts_for_every_record() -> None:
     assert len(out.warnings) == 1 and "coding" in out.warnings[0]
     # Every input record is either chosen or dropped with a reason.
     assert len({r.id for r in out.records}) + len(out.dropped) == len(records)
-    assert Counter(why for _, why in out.dropped) == {"over the writing quota of 10": 20,
-                                                      "task type not in curriculum.plan.target": 3}  # fmt: skip
+    assert Counter(why for _, why in out.dropped) == {
+        "over the writing quota of 10": 20,
+        "task type not in curriculum.plan.target": 3,
+    }
     # Within a task, the hardest records are the ones kept.
     kept_writing = sorted(mfd_of(r) for r in out.records if r.metadata["task_type"] == "writing")
     assert min(kept_writing) >= max(mfd_of(r) for r, _ in out.dropped if r.metadata["task_type"] == "writing")
@@ -147,16 +149,15 @@ def _run_chain(params: Path, clean: Path, out: Path) -> dict[str, dict[str, Any]
     from tasks import annotate, difficulty, plan_curriculum, refine, synthesize
 
     m = out / "metrics"
+    a, s, d, r = (out / name for name in ("annotate", "synthesize", "difficulty", "refine"))
+    plan = ["--records", str(r / "records.jsonl"), "--pairs", str(d / "pairs.jsonl"), "--rounds", str(out / "rounds")]
     calls = [
-        (annotate, ["--records", str(clean), "--out", str(out / "annotate"), "--plot", str(m / "tasks.json")]),
-        (synthesize, ["--out", str(out / "synthesize")]),
-        (difficulty, ["--records", str(out / "annotate/records.jsonl"), str(out / "synthesize/records.jsonl"),
-                      "--out", str(out / "difficulty")]),
-        (refine, ["--records", str(out / "difficulty/records.jsonl"), "--out", str(out / "refine")]),
-        (plan_curriculum, ["--records", str(out / "refine/records.jsonl"), "--pairs",
-                           str(out / "difficulty/pairs.jsonl"), "--rounds", str(out / "rounds"),
-                           "--out", str(out / "plan"), "--plots", str(m)]),
-    ]  # fmt: skip
+        (annotate, ["--records", str(clean), "--out", str(a), "--plot", str(m / "tasks.json")]),
+        (synthesize, ["--out", str(s)]),
+        (difficulty, ["--records", str(a / "records.jsonl"), str(s / "records.jsonl"), "--out", str(d)]),
+        (refine, ["--records", str(d / "records.jsonl"), "--out", str(r)]),
+        (plan_curriculum, [*plan, "--out", str(out / "plan"), "--plots", str(m)]),
+    ]
     metrics = {}
     for module, args in calls:
         name = module.__name__.rsplit(".", 1)[1]
@@ -165,14 +166,16 @@ def _run_chain(params: Path, clean: Path, out: Path) -> dict[str, dict[str, Any]
     return metrics
 
 
+@pytest.mark.slow
 def test_stages_end_to_end_and_a_cached_rerun_is_identical(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (ROOT / "data/sample/alpaca.jsonl").read_text().splitlines()[:5]]
     clean = tmp_path / "clean.jsonl"
-    records = [make_record([Message(role="user", content=r["instruction"]), Message(role="assistant",
-                                                                                     content=r["output"])], f"s:{i}")
-               for i, r in enumerate(rows)]  # fmt: skip
-    pref = make_record([Message(role="user", content="Say hi."), Message(role="assistant", content="Hi!")], "p:1",
-                       rejected="Go away.", metadata={"source_name": "prefs"})  # fmt: skip
+    turns = [
+        [Message(role="user", content=r["instruction"]), Message(role="assistant", content=r["output"])] for r in rows
+    ]
+    records = [make_record(messages, f"s:{i}") for i, messages in enumerate(turns)]
+    hi = [Message(role="user", content="Say hi."), Message(role="assistant", content="Hi!")]
+    pref = make_record(hi, "p:1", rejected="Go away.", metadata={"source_name": "prefs"})
     clean.write_text("".join(r.model_dump_json() + "\n" for r in [*records, pref]))
     params = _small_params(tmp_path, tmp_path / "run1/annotate/records.jsonl")
     first = _run_chain(params, clean, tmp_path / "run1")

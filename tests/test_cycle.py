@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -20,8 +21,7 @@ from typing import ClassVar
 import pytest
 import yaml
 
-from tests.conftest import run
-from tests.test_pipeline import prefect_server  # noqa: F401  (fixture)
+from tests.conftest import prefect_home, run
 from tunefold.pipeline.lock import WorkspaceLock
 
 pytestmark = pytest.mark.slow
@@ -47,13 +47,13 @@ def registry(repo: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def promoted_repo(reproduced_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def promoted_repo(reproduced_repo: Path, migrated_prefect_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project copy after its first cycle (the first model is always promoted when its judgments parse)."""
     repo = tmp_path_factory.mktemp("cycle") / "repo"
     shutil.copytree(reproduced_repo, repo, symlinks=True)
     set_params(repo, cycle={"gate": {"max_failure_rate": 1.0}})
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "gate for the test"], repo)
-    home = {"PREFECT_HOME": str(repo.parent / "prefect-home"), **EPHEMERAL}
+    home = {"PREFECT_HOME": str(prefect_home(migrated_prefect_home, repo.parent / "prefect-home")), **EPHEMERAL}
     out = run([*TUNEFOLD, "cycle"], repo, env=home).stdout
     assert "model-v1: first model" in out
     return repo
@@ -81,8 +81,11 @@ def test_first_cycle_promotes_records_and_tags(promoted_repo: Path, tmp_path: Pa
     assert (repo / "registry.dvc").exists() and (repo / "models/champion.dvc").exists()
     assert run(["git", "status", "--porcelain", "--untracked-files=no"], repo).stdout == ""
     lineage = entry["lineage"]
-    assert set(lineage["sources"]) == {"data/sample/alpaca.jsonl", "data/sample/chat.jsonl",
-                                       "data/sample/preferences.jsonl"}  # fmt: skip
+    assert set(lineage["sources"]) == {
+        "data/sample/alpaca.jsonl",
+        "data/sample/chat.jsonl",
+        "data/sample/preferences.jsonl",
+    }
     assert lineage["code_commit"] and lineage["chat_template"] and lineage["adapter"]["hash"]
     assert "data/curriculum/rounds" in lineage["curriculum"] and lineage["judge"]["mt_bench"]
     assert "tunefold-single" in lineage["judge_prompts"] and "flask" in lineage["judge_prompts"]
@@ -91,8 +94,8 @@ def test_first_cycle_promotes_records_and_tags(promoted_repo: Path, tmp_path: Pa
     assert "model-v1" in run([*TUNEFOLD, "lineage", "v9"], repo, check=False).stderr
 
 
-def test_overlapping_and_unchanged_cycles_are_skipped(repo: Path, tmp_path: Path) -> None:
-    env = {"PREFECT_HOME": str(tmp_path / "prefect-home"), **EPHEMERAL}
+def test_overlapping_and_unchanged_cycles_are_skipped(repo: Path, migrated_prefect_home: Path, tmp_path: Path) -> None:
+    env = {"PREFECT_HOME": str(prefect_home(migrated_prefect_home, tmp_path / "prefect-home")), **EPHEMERAL}
     with WorkspaceLock(repo / ".tunefold/cycle.lock") as held:
         assert held.acquired
         proc = run([*TUNEFOLD, "cycle"], repo, env=env)
@@ -103,65 +106,104 @@ def test_overlapping_and_unchanged_cycles_are_skipped(repo: Path, tmp_path: Path
     assert len(registry(repo)) == 1
 
 
-def test_new_data_rejected_by_the_gate_then_checkout_restores_the_champion(repo: Path, tmp_path: Path) -> None:
+@dataclass
+class Challenger:
+    """A second cycle, on new data, that was killed during training, run again to the end and rejected."""
+
+    repo: Path
+    v1_adapter: str  # sha256 of model-v1's adapter
+    v1_data: str  # alpaca.jsonl as model-v1 saw it
+    after_kill: dict[str, bool | int]  # what the workspace held right after the kill
+    out: str  # the output of the cycle that finished
+
+
+@pytest.fixture(scope="module")
+def challenger(
+    promoted_repo: Path, migrated_prefect_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Challenger:
+    """One cycle on new data shared by the tests that inspect it: SIGKILLed as a whole (flow, dvc, trainer) during
+    its first training stage, then run again, to the gate's rejection.
+
+    A row is added to alpaca.jsonl. Round r1 gets a new run of 6 steps, long enough to be killed once its
+    checkpoint-3 is written (the model-v1 run stopped at step 2). One MT-Bench question cannot show a difference (no
+    interval to pair), and the pairwise judgment is against the base model, not the champion: the gate must reject,
+    whatever the embedded judge's scores are."""
+    work = tmp_path_factory.mktemp("challenger")
+    repo = work / "repo"
+    shutil.copytree(promoted_repo, repo, symlinks=True)
     v1_adapter = sha(repo / ADAPTER)
     v1_data = (repo / "data/sample/alpaca.jsonl").read_text()
     row = {"instruction": "Name three primary colours.", "input": "", "output": "Red, yellow and blue."}
     (repo / "data/sample/alpaca.jsonl").write_text(v1_data + json.dumps(row) + "\n")
-    # One MT-Bench question cannot show a difference (no interval to pair), and the pairwise judgment is against
-    # the base model, not the champion: the gate must reject, whatever the embedded judge's scores are. (The audit
-    # would reject the embedded judge first; it is switched off to exercise the tie rule end to end.)
+    # (The audit would reject the embedded judge first; it is switched off to exercise the tie rule end to end.)
     gate = {"max_failure_rate": 1.0, "mt_bench_tolerance": 100.0, "flask_tolerance": 5.0}
     set_params(repo, cycle={"gate": gate | {"require_trusted_judge": False}})
-    out = run([*TUNEFOLD, "cycle"], repo, env={"PREFECT_HOME": str(tmp_path / "ph"), **EPHEMERAL}).stdout
-    first, second = registry(repo)
-    assert not second["promoted"] and second["tag"].startswith("challenger-") and second["tag"] in out
-    assert "no pairwise judgment against the champion" in second["reason"]
-    assert second["sources"]["data/sample/alpaca.jsonl"] != first["sources"]["data/sample/alpaca.jsonl"]
-    assert sha(repo / ADAPTER) != v1_adapter  # a new challenger was trained ...
-    assert sha(repo / "models/champion/adapter/adapter_model.safetensors") == v1_adapter  # ... the champion stays
-    assert second["tag"] in run(["git", "tag"], repo).stdout  # the rejected model stays inspectable
-
-    run(["git", "checkout", "-q", "model-v1"], repo)
-    run([sys.executable, "-m", "dvc", "checkout", "--force"], repo)
-    assert sha(repo / ADAPTER) == v1_adapter
-    assert (repo / "data/sample/alpaca.jsonl").read_text() == v1_data
-    assert len(registry(repo)) == 1  # the registry as it was at model-v1
-
-
-def test_cycle_killed_mid_training_resumes_from_its_checkpoint(repo: Path, tmp_path: Path) -> None:
-    """SIGKILL of a whole cycle (flow, dvc, trainer) during a training stage: the registry, the champion and the
-    lock survive as they were; the next cycle resumes training from the last checkpoint and decides."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"]["rounds"]["r1"] |= {"max_steps": 6, "learning_rate": 1.0e-4}  # a new r1 run, long enough
+    params["train"]["rounds"]["r1"] |= {"max_steps": 6, "learning_rate": 1.0e-4}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     champion = (repo / "models/champion/model.json").read_text()
     checkpoints = repo / "models/sft/r1/checkpoints"
-    env = popen_env(PREFECT_HOME=str(tmp_path / "prefect-home"))
+    home = prefect_home(migrated_prefect_home, work / "prefect-home")
+    env = popen_env(PREFECT_HOME=str(home))
     env.pop("PREFECT_API_URL", None)
-    log = tmp_path / "killed.log"
+    log = work / "killed.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([*TUNEFOLD, "cycle"], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + 600
-        while not (checkpoints / "checkpoint-3").exists():  # the model-v1 run stopped at step 2
+        proc = subprocess.Popen(
+            [*TUNEFOLD, "cycle"], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + 1200  # the stages before r1 re-run on the new data first
+        while not (checkpoints / "checkpoint-3").exists():
             assert proc.poll() is None, "the cycle ended before it could be killed:\n" + log.read_text()
             assert time.monotonic() < deadline, "no checkpoint-3 of sft@r1:\n" + log.read_text()
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not (repo / "models/sft/r1/adapter").exists(), "training finished before the kill"
-    assert len(registry(repo)) == 1 and (repo / "models/champion/model.json").read_text() == champion
     with WorkspaceLock(repo / ".tunefold/cycle.lock") as lock:
-        assert lock.acquired  # a killed cycle holds nothing
+        after_kill = {
+            "r1_adapter_written": (repo / "models/sft/r1/adapter").exists(),
+            "registry_entries": len(registry(repo)),
+            "champion_unchanged": (repo / "models/champion/model.json").read_text() == champion,
+            "lock_free": lock.acquired,
+        }
+    out = run([*TUNEFOLD, "cycle"], repo, env={"PREFECT_HOME": str(home), **EPHEMERAL}).stdout
+    return Challenger(repo, v1_adapter, v1_data, after_kill, out)
 
-    out = run([*TUNEFOLD, "cycle"], repo, env={"PREFECT_HOME": str(tmp_path / "prefect-home"), **EPHEMERAL}).stdout
+
+def test_new_data_rejected_by_the_gate_then_checkout_restores_the_champion(
+    challenger: Challenger, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"  # a copy: the checkout below changes the workspace
+    shutil.copytree(challenger.repo, repo, symlinks=True)
+    first, second = registry(repo)
+    assert not second["promoted"] and second["tag"].startswith("challenger-") and second["tag"] in challenger.out
+    assert "no pairwise judgment against the champion" in second["reason"]
+    assert second["sources"]["data/sample/alpaca.jsonl"] != first["sources"]["data/sample/alpaca.jsonl"]
+    assert sha(repo / ADAPTER) != challenger.v1_adapter  # a new challenger was trained ...
+    champion = repo / "models/champion/adapter/adapter_model.safetensors"
+    assert sha(champion) == challenger.v1_adapter  # ... the champion stays
+    assert second["tag"] in run(["git", "tag"], repo).stdout  # the rejected model stays inspectable
+
+    run(["git", "checkout", "-q", "model-v1"], repo)
+    run([sys.executable, "-m", "dvc", "checkout", "--force"], repo)
+    assert sha(repo / ADAPTER) == challenger.v1_adapter
+    assert (repo / "data/sample/alpaca.jsonl").read_text() == challenger.v1_data
+    assert len(registry(repo)) == 1  # the registry as it was at model-v1
+
+
+def test_cycle_killed_mid_training_resumes_from_its_checkpoint(challenger: Challenger) -> None:
+    """SIGKILL of a whole cycle (flow, dvc, trainer) during a training stage: the registry, the champion and the
+    lock survive as they were; the next cycle resumes training from the last checkpoint and decides."""
+    repo, after_kill = challenger.repo, challenger.after_kill
+    assert not after_kill["r1_adapter_written"], "training finished before the kill"
+    assert after_kill["registry_entries"] == 1 and after_kill["champion_unchanged"]
+    assert after_kill["lock_free"]  # a killed cycle holds nothing
+
     r1 = json.loads((repo / "metrics/sft/r1.json").read_text())
     assert r1["steps"] == 6 and r1["resumed_from_step"] >= 2, r1  # 2 when the kill tore checkpoint-3
     curve = [int(line.split("\t")[0]) for line in (repo / "metrics/sft/r1_loss.tsv").read_text().splitlines()[1:]]
     assert curve == list(range(1, 7))  # one loss curve across the killed and the resumed run
     first, second = registry(repo)
-    assert second["tag"] in out and second["tag"] != first["tag"]
+    assert second["tag"] in challenger.out and second["tag"] != first["tag"]
 
 
 RUNS = """
@@ -205,7 +247,7 @@ def wait_for_deployment_run(repo: Path, server_env: dict[str, str], proc: subpro
 def test_process_work_pool_runs_the_deployed_cycle(
     repo: Path,
     tmp_path: Path,
-    prefect_server: dict[str, str],  # noqa: F811
+    prefect_server: dict[str, str],
 ) -> None:
     """`tunefold deploy --pool` on a process work pool; `prefect worker start` picks up the scheduled run."""
     set_params(repo, cycle={"interval_seconds": 5, "cron": None})
@@ -215,8 +257,14 @@ def test_process_work_pool_runs_the_deployed_cycle(
     assert "prefect worker start --pool cpu" in out
     env = popen_env(**prefect_server)
     log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen([prefect, "worker", "start", "--pool", "cpu"], cwd=repo, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    worker = subprocess.Popen(
+        [prefect, "worker", "start", "--pool", "cpu"],
+        cwd=repo,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_for_deployment_run(repo, prefect_server, worker, tmp_path / "worker.log")
     finally:
@@ -241,7 +289,7 @@ class Hook(BaseHTTPRequestHandler):
 def test_scheduled_cycle_fires_and_a_failed_cycle_notifies(
     repo: Path,
     tmp_path: Path,
-    prefect_server: dict[str, str],  # noqa: F811
+    prefect_server: dict[str, str],
 ) -> None:
     hook = HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
@@ -257,8 +305,9 @@ CustomWebhookNotificationBlock(name="ops", url={url!r}, json_data={{"text": "{{{
     set_params(repo, cycle={"interval_seconds": 5, "cron": None, "notify_block": "custom-webhook/ops"})
     env = popen_env(**prefect_server)
     log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([*TUNEFOLD, "serve"], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)  # fmt: skip
+    server = subprocess.Popen(
+        [*TUNEFOLD, "serve"], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         wait_for_deployment_run(repo, prefect_server, server, tmp_path / "serve.log")
     finally:

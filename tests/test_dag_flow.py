@@ -14,7 +14,6 @@ import httpx
 import yaml
 
 from tests.conftest import ROOT, run
-from tests.test_pipeline import prefect_server  # noqa: F401  (fixture)
 from tunefold.pipeline.dag import Schedule
 from tunefold.pipeline.versioning import NO_GIT, git_version
 
@@ -111,7 +110,7 @@ def dvc_changed(repo: Path) -> set[str]:
 
 def test_stages_run_as_a_graph_and_runs_and_deployments_are_versioned(
     tmp_path: Path,
-    prefect_server: dict[str, str],  # noqa: F811
+    prefect_server: dict[str, str],
 ) -> None:
     repo = make_project(tmp_path / "proj", {})
     commit = run(["git", "rev-parse", "--short", "HEAD"], repo).stdout.strip()
@@ -160,7 +159,7 @@ def test_stages_run_as_a_graph_and_runs_and_deployments_are_versioned(
 
 def test_a_failed_stage_stops_its_downstream_only(
     tmp_path: Path,
-    prefect_server: dict[str, str],  # noqa: F811
+    prefect_server: dict[str, str],
 ) -> None:
     """b fails; c, independent of b, fails once and passes on its retry; d (after b and c) never runs."""
     repo = make_project(tmp_path / "proj", {"b": "fail", "c": "flaky"}, retries={"c": 1})

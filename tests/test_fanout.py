@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tunefold.eval.mtbench import answer_row
@@ -29,6 +30,7 @@ def _rows(path: Path) -> list[dict]:
     return [{k: r[k] for k in keep if k in r} for r in map(json.loads, path.read_text().splitlines())]
 
 
+@pytest.mark.slow
 def test_fanned_out_judging_matches_in_process(tmp_path: Path) -> None:
     from tasks import mt_bench
 
@@ -38,17 +40,17 @@ def test_fanned_out_judging_matches_in_process(tmp_path: Path) -> None:
         rows = [answer_row(q, model, [f"{text} ({q})", f"{text} Again."], 0.0) for q in (1, 5)]
         (answers / f"{model}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    common = ["--answers", str(answers)]
-    assert mt_bench.main(["--params", str(_setup(tmp_path, 2)), *common, "--out", str(tmp_path / "fan"),
-                          "--metrics", str(tmp_path / "fan.json")]) == 0  # fmt: skip
-    fan = json.loads((tmp_path / "fan.json").read_text())
+    def judged_with(workers: int, name: str) -> dict:
+        argv = ["--params", str(_setup(tmp_path, workers)), "--answers", str(answers)]
+        assert mt_bench.main([*argv, "--out", str(tmp_path / name), "--metrics", str(tmp_path / f"{name}.json")]) == 0
+        return json.loads((tmp_path / f"{name}.json").read_text())
+
+    fan = judged_with(2, "fan")
     assert len(fan["llm_shards"]) == 2  # the work ran in two Dask workers, each with its own gateway
     assert sum(m["judge"]["calls_sent"] for m in fan["llm_shards"]) > 0
     assert not fan["llm"]  # the stage's own process neither called nor started a judge
 
-    assert mt_bench.main(["--params", str(_setup(tmp_path, 0)), *common, "--out", str(tmp_path / "one"),
-                          "--metrics", str(tmp_path / "one.json")]) == 0  # fmt: skip
-    one = json.loads((tmp_path / "one.json").read_text())
+    one = judged_with(0, "one")
     assert one["llm"]["judge"]["calls_sent"] == 0  # every request was answered by the workers and cached
     judge = fan["judge"]
     for name in (f"{judge}_single.jsonl", f"{judge}_pair.jsonl"):
@@ -67,6 +69,7 @@ def _gen_params(tmp_path: Path, workers: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_fanned_out_generation_matches_in_process(base_model: Path, tmp_path: Path) -> None:
     """Two Dask workers, each loading the model once, answer the same greedy questions as the stage's own process,
     and the answers file comes out in question order with no part files left behind."""
@@ -74,8 +77,8 @@ def test_fanned_out_generation_matches_in_process(base_model: Path, tmp_path: Pa
 
     def run(workers: int) -> tuple[dict, Path, Path]:
         mt, fl, m = tmp_path / f"mt{workers}", tmp_path / f"fl{workers}", tmp_path / f"gen{workers}.json"
-        argv = ["--params", str(_gen_params(tmp_path, workers)), "--base", str(base_model), "--out", str(mt),
-                "--flask-out", str(fl), "--metrics", str(m)]  # fmt: skip
+        argv = ["--params", str(_gen_params(tmp_path, workers)), "--base", str(base_model), "--out", str(mt)]
+        argv += ["--flask-out", str(fl), "--metrics", str(m)]
         assert generate.main(argv) == 0
         return json.loads(m.read_text()), mt, fl
 
@@ -85,8 +88,10 @@ def test_fanned_out_generation_matches_in_process(base_model: Path, tmp_path: Pa
         assert fan[label]["shards"] == 2 and fan[label]["generated"] == 3 and "shards" not in one[label]
 
     def texts(path: Path) -> list:
-        return [(r.get("question_id", r.get("idx")), r.get("choices", r.get("answer")))
-                for r in map(json.loads, path.read_text().splitlines())]  # fmt: skip
+        return [
+            (r.get("question_id", r.get("idx")), r.get("choices", r.get("answer")))
+            for r in map(json.loads, path.read_text().splitlines())
+        ]
 
     for fan_dir, one_dir in ((fan_mt, one_mt), (fan_fl, one_fl)):
         for name in ("candidate.jsonl", "base.jsonl"):

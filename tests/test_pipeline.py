@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
-import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, prefect_home, prefect_server_at, run
 from tunefold.pipeline.dag import StageGraph
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -91,7 +89,7 @@ def test_changing_round_two_does_not_retrain_round_one(reproduced_repo: Path, tm
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["rounds"]["r2"]["learning_rate"] = 3.0e-4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = run([*DVC, "repro"], repo).stdout
+    out = run([*DVC, "repro", "dpo"], repo).stdout  # the training stages and what they need; evaluation is not asked
     assert "Stage 'sft@r1' didn't change, skipping" in out
     assert "Running stage 'sft@r2'" in out and "Running stage 'dpo'" in out
 
@@ -119,53 +117,54 @@ def test_changing_a_param_reruns_only_downstream(reproduced_repo: Path, tmp_path
     assert "Data and pipelines are up to date" in run([*DVC, "status"], repo).stdout
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@dataclass
+class FlowRun:
+    repo: Path
+    server: dict[str, str]  # PREFECT_API_URL and PREFECT_HOME of the server the run reported to
+    logs: str
+    secret: str
 
 
-@pytest.fixture
-def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A real `prefect server start` on loopback with its own PREFECT_HOME."""
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    prefect = str(Path(sys.executable).parent / "prefect")
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        import httpx
+@pytest.fixture(scope="module")
+def flow_run(
+    reproduced_repo: Path, migrated_prefect_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FlowRun]:
+    """One `tunefold run` (the Prefect flow) against a real server, shared by the tests that inspect it: ingest's
+    dedupe changed (ingest and validate become stale, prepare_model stays up to date), and the judge a keyed
+    endpoint (a real llama.cpp server started here; the curriculum stages re-run too, since they also ask the judge)
+    whose key is only in the environment of the run."""
+    from tunefold.config import EmbeddedServerConfig
+    from tunefold.llm.server import EmbeddedServer
 
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            time.sleep(0.5)
-        else:
-            raise AssertionError("prefect server did not become healthy:\n" + (tmp_path / "server.log").read_text())
-        yield {"PREFECT_API_URL": url, "PREFECT_HOME": env["PREFECT_HOME"]}
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-
-
-def test_prefect_flow_against_real_server(reproduced_repo: Path, tmp_path: Path, prefect_server: dict) -> None:
-    repo = tmp_path / "repo"
+    work = tmp_path_factory.mktemp("flow")
+    repo = work / "project"
     shutil.copytree(reproduced_repo, repo, symlinks=True)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["ingest"]["dedupe"] = "exact"  # ingest and validate become stale; prepare_model stays up to date
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = run([sys.executable, "-m", "tunefold.cli", "--root", str(repo), "run"], repo, env=prefect_server)
-    logs = proc.stdout + proc.stderr
+    secret = f"sk-tunefold-{uuid.uuid4().hex}"  # made here, so not even this test file contains it
+    home = prefect_home(migrated_prefect_home, work / "prefect-home")
+    with prefect_server_at(home, work / "server.log") as server:
+        judge = EmbeddedServer(EmbeddedServerConfig()).start()
+        try:
+            params = yaml.safe_load((repo / "params.yaml").read_text())
+            params["ingest"]["dedupe"] = "exact"
+            # llama.cpp constrains JSON to a schema: ask for that, as a user of such a server would
+            params["llm"]["judge"] |= {
+                "base_url": judge.base_url,
+                "model": judge.alias,
+                "api_key_env": "JUDGE_KEY",
+                "json_mode": "json_object_schema",
+            }
+            (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            cmd = [sys.executable, "-m", "tunefold.cli", "--root", str(repo), "run"]
+            proc = run(cmd, repo, env={**server, "JUDGE_KEY": secret})
+        finally:
+            judge.stop()
+        logs = proc.stdout + proc.stderr
+        (repo / "run.log").write_text(logs)
+        yield FlowRun(repo, server, logs, secret)
+
+
+def test_prefect_flow_against_real_server(flow_run: FlowRun) -> None:
+    repo, logs = flow_run.repo, flow_run.logs
     assert "Stage 'prepare_model' didn't change, skipping" in logs
     assert "Running stage 'ingest'" in logs and "Running stage 'validate'" in logs
     assert json.loads((repo / "metrics/ingest.json").read_text())["duplicates_normalized"] == 0
@@ -184,7 +183,7 @@ async def main():
                           "artifacts": sorted(a.key for a in arts if a.key)}))
 asyncio.run(main())
 """
-    found = json.loads(run([sys.executable, "-c", query], repo, env=prefect_server).stdout.strip().splitlines()[-1])
+    found = json.loads(run([sys.executable, "-c", query], repo, env=flow_run.server).stdout.strip().splitlines()[-1])
     assert [state for _, state in found["flows"]] == ["COMPLETED"]
     stages = sorted(
         [
@@ -213,44 +212,30 @@ asyncio.run(main())
     )
 
 
-def test_failing_stage_fails_the_flow_without_a_server(reproduced_repo: Path, tmp_path: Path) -> None:
+def test_api_key_lands_nowhere_in_a_pipeline_run(flow_run: FlowRun) -> None:
+    """The judge as a keyed endpoint: after the flow run (its evaluation stages included), the key is in no file of
+    the workspace (params, dvc.lock, metrics, judgments, reports, cache, the run's log) nor of the Prefect server's
+    home (its database holds the run's logs and artifacts)."""
+    assert "Running stage 'mt_bench'" in flow_run.logs and "Running stage 'flask'" in flow_run.logs
+    home = Path(flow_run.server["PREFECT_HOME"])
+    files = [p for root in (flow_run.repo, home) for p in root.rglob("*") if p.is_file() and ".git" not in p.parts]
+    assert any(p.suffix == ".db" for p in files if home in p.parents)  # the server's database was scanned too
+    leaks = [p for p in files if flow_run.secret.encode() in p.read_bytes()]
+    assert leaks == []
+
+
+def test_failing_stage_fails_the_flow_without_a_server(
+    reproduced_repo: Path, migrated_prefect_home: Path, tmp_path: Path
+) -> None:
     """Ephemeral Prefect (no server); a validation over its limit fails the run with the stage's message."""
     repo = tmp_path / "repo"
     shutil.copytree(reproduced_repo, repo, symlinks=True)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["validate"]["max_tokens"] = 40
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": None}
+    env = {"PREFECT_HOME": str(prefect_home(migrated_prefect_home, tmp_path / "prefect-home")), "PREFECT_API_URL": None}
     proc = run([sys.executable, "-m", "tunefold.cli", "run"], repo, check=False, env=env)
     assert proc.returncode != 0
     logs = proc.stdout + proc.stderr
     assert "failed validation, above validate.max_reject_fraction=0.2" in logs
     assert "data/validate/quarantine.jsonl" in logs
-
-
-def test_api_key_lands_nowhere_in_a_pipeline_run(reproduced_repo: Path, tmp_path: Path) -> None:
-    """The judge as a keyed endpoint (a real llama.cpp server started here): after the evaluation stages, the key
-    is in no file of the workspace: params, dvc.lock, metrics, judgments, reports, cache, logs."""
-    import uuid
-
-    from tunefold.config import EmbeddedServerConfig
-    from tunefold.llm.server import EmbeddedServer
-
-    secret = f"sk-tunefold-{uuid.uuid4().hex}"  # made here, so not even this test file contains it
-    repo = tmp_path / "project"
-    shutil.copytree(reproduced_repo, repo, symlinks=True)
-    server = EmbeddedServer(EmbeddedServerConfig()).start()
-    try:
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        # llama.cpp constrains JSON to a schema: ask for that, as a user of such a server would (the curriculum
-        # stages re-run too, since they also ask the judge)
-        params["llm"]["judge"] |= {"base_url": server.base_url, "model": server.alias, "api_key_env": "JUDGE_KEY",
-                                   "json_mode": "json_object_schema"}  # fmt: skip
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        proc = run([*DVC, "repro", "report"], repo, env={"JUDGE_KEY": secret})
-    finally:
-        server.stop()
-    (repo / "run.log").write_text(proc.stdout + proc.stderr)
-    assert "Running stage 'mt_bench'" in proc.stdout and "Running stage 'flask'" in proc.stdout
-    leaks = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts and secret.encode() in p.read_bytes()]
-    assert leaks == []
