@@ -37,6 +37,18 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# Files that share the session's full pipeline run (`reproduced_repo`) and Prefect server: one xdist unit.
+PIPELINE_FILES = {"test_pipeline.py", "test_dag_flow.py", "test_cycle.py", "test_params_read.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs `pytest -n 2 --dist loadgroup`: each file is one unit of work (its module fixtures built once),
+    and the files that share the full pipeline run are one unit, so that run happens on one worker only."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("pipeline" if name in PIPELINE_FILES else name))
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
     """Run a command with this interpreter's bin on PATH; on failure show its output."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **kw.pop("env", {})}
