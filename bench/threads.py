@@ -4,7 +4,8 @@
 The pipeline runs llama.cpp (the embedded judge/teacher server) and torch (training, answering) at the same time:
 the server waits for requests beside a stage, stages run side by side with `--jobs`, the test suite runs servers
 beside stages. Both libraries run their kernels on libgomp thread teams. Each workload is measured alone and side
-by side with the other, under each policy, every run in fresh processes:
+by side with the other, and three at once (two llama.cpp judges beside torch, as `mt_bench` and `flask` judging
+beside `generate`: more busy threads than 2 cores), under each policy, every run in fresh processes:
 
 - llama.cpp: the embedded GGUF answering chat requests greedily (`--requests`, `--max-tokens` each);
 - torch: the converted base model generating a batch of 4 greedy answers of `--max-tokens` tokens.
@@ -79,8 +80,10 @@ def run(works: list[str], policy: str | None, args: argparse.Namespace, base: Pa
         env["OMP_WAIT_POLICY"] = policy
     cmd = [sys.executable, __file__, "--requests", str(args.requests), "--max-tokens", str(args.max_tokens)]
     procs = {
-        w: subprocess.Popen([*cmd, "--work", w, "--base", str(base)], env=env, stdout=subprocess.PIPE, text=True)
-        for w in works
+        f"{w}#{i}": subprocess.Popen(
+            [*cmd, "--work", w, "--base", str(base)], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for i, w in enumerate(works)
     }
     out = {}
     for w, proc in procs.items():
@@ -107,14 +110,15 @@ def main() -> None:
         base = base_model(Path(tmp))
         for policy in (None, "PASSIVE"):
             name = policy or "unset (libgomp default)"
-            for works in (["llama"], ["torch"], ["llama", "torch"]):
+            for works in (["llama"], ["torch"], ["llama", "torch"], ["llama", "llama", "torch"]):
                 speeds = run(works, policy, args, base)
-                rows.append({"policy": name, "together": len(works) > 1, "tokens_per_second": speeds})
+                rows.append({"policy": name, "processes": len(works), "tokens_per_second": speeds})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    together = {r["policy"]: r["tokens_per_second"] for r in rows if r["together"]}
-    default, passive = together.values()
-    ratios = {w: round(passive[w] / default[w], 2) for w in default}
-    print(json.dumps({"cpus": os.cpu_count(), "runs": rows, "side_by_side_ratio_passive_vs_default": ratios}, indent=2))
+    ratios = {}
+    for n in (2, 3):
+        default, passive = (r["tokens_per_second"] for r in rows if r["processes"] == n)
+        ratios[f"{n} processes"] = {w: round(passive[w] / default[w], 2) for w in default}
+    print(json.dumps({"cpus": os.cpu_count(), "runs": rows, "ratio_passive_vs_default": ratios}, indent=2))
 
 
 if __name__ == "__main__":
