@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -155,16 +154,12 @@ def prefect_home(template: Path, dest: Path) -> Path:
     return dest
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def prefect_server_at(home: Path, log: Path) -> Iterator[dict[str, str]]:
     """A real `prefect server start` on loopback with its own PREFECT_HOME; yields the env that points at it."""
     import httpx
+
+    from tunefold.llm.server import free_port
 
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

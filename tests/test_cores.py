@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, run
 
 # imports the package the way a stage does, starts the embedded server and reads the policy its child runs with
 SCRIPT = """
@@ -29,13 +27,8 @@ if sys.argv[1] == "server":
 
 
 def _run(what: str, policy: str | None) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if policy:
-        env["OMP_WAIT_POLICY"] = policy
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, what], cwd=ROOT, env=env, capture_output=True, text=True, check=True
-    )
-    return out.stdout.strip().splitlines()
+    # None unsets the variable (conftest.run)
+    return run([sys.executable, "-c", SCRIPT, what], ROOT, env={"OMP_WAIT_POLICY": policy}).stdout.strip().splitlines()
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads a child's environment from /proc")
