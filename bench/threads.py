@@ -39,9 +39,13 @@ QUESTIONS = [
 def work_llama(requests: int, max_tokens: int) -> int:
     import llama_cpp
 
+    from tunefold.cores import usable_cores
     from tunefold.train.models import embedded_gguf
 
-    model = llama_cpp.Llama(model_path=str(embedded_gguf()), n_ctx=2048, verbose=False)
+    cores = usable_cores()  # as the embedded server runs it
+    model = llama_cpp.Llama(
+        model_path=str(embedded_gguf()), n_ctx=2048, n_threads=cores, n_threads_batch=cores, verbose=False
+    )
     tokens = 0
     for question in QUESTIONS[:requests]:
         messages = [{"role": "user", "content": question}]
@@ -73,11 +77,18 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"tokens": tokens, "seconds": round(time.perf_counter() - start, 2)}))
 
 
-def run(works: list[str], policy: str | None, args: argparse.Namespace, base: Path) -> dict[str, float]:
-    """Start the workloads together, each in its own process, under `policy` (None: the variable unset)."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if policy:
-        env["OMP_WAIT_POLICY"] = policy
+# libgomp's waiting: unset spins ~300,000 iterations before sleeping, PASSIVE sleeps at once, a short spin count
+# sleeps after a few microseconds (enough to catch the next kernel of the same decode step)
+POLICIES = {
+    "unset (libgomp default)": {},
+    "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "short spin (GOMP_SPINCOUNT=3000)": {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "3000"},
+}
+
+
+def run(works: list[str], policy: dict[str, str], args: argparse.Namespace, base: Path) -> dict[str, float]:
+    """Start the workloads together, each in its own process, with `policy`'s OpenMP variables (others unset)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | policy
     cmd = [sys.executable, __file__, "--requests", str(args.requests), "--max-tokens", str(args.max_tokens)]
     procs = {
         f"{w}#{i}": subprocess.Popen(
@@ -108,17 +119,22 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = base_model(Path(tmp))
-        for policy in (None, "PASSIVE"):
-            name = policy or "unset (libgomp default)"
+        for name, policy in POLICIES.items():
             for works in (["llama"], ["torch"], ["llama", "torch"], ["llama", "llama", "torch"]):
-                speeds = run(works, policy, args, base)
-                rows.append({"policy": name, "processes": len(works), "tokens_per_second": speeds})
+                measured = run(works, policy, args, base)
+                rows.append({"policy": name, "processes": len(works), "tokens_per_second": measured})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    ratios = {}
-    for n in (2, 3):
-        default, passive = (r["tokens_per_second"] for r in rows if r["processes"] == n)
-        ratios[f"{n} processes"] = {w: round(passive[w] / default[w], 2) for w in default}
-    print(json.dumps({"cpus": os.cpu_count(), "runs": rows, "ratio_passive_vs_default": ratios}, indent=2))
+
+    def speeds(policy: str, n: int) -> dict[str, float]:
+        (row,) = (r for r in rows if r["policy"] == policy and r["processes"] == n)
+        return row["tokens_per_second"]
+
+    default, ratios = next(iter(POLICIES)), {}
+    for name in list(POLICIES)[1:]:
+        for n in (2, 3):
+            base_speeds, these = speeds(default, n), speeds(name, n)
+            ratios.setdefault(name, {})[f"{n} processes"] = {w: round(these[w] / base_speeds[w], 2) for w in these}
+    print(json.dumps({"cpus": os.cpu_count(), "runs": rows, "ratio_vs_default": ratios}, indent=2))
 
 
 if __name__ == "__main__":

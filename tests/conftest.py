@@ -159,7 +159,7 @@ def prefect_server_at(home: Path, log: Path) -> Iterator[dict[str, str]]:
     """A real `prefect server start` on loopback with its own PREFECT_HOME; yields the env that points at it."""
     import httpx
 
-    from tunefold.llm.server import free_port
+    from tunefold.ports import free_port
 
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

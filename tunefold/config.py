@@ -181,7 +181,12 @@ class EndpointConfig(Section):
 class EmbeddedServerConfig(Section):
     model: str = Field("embedded", description="'embedded' (the SmolLM2 GGUF) or a path to a .gguf file")
     n_ctx: int = Field(4096, ge=256)
-    n_threads: int | None = Field(None, ge=1)
+    n_threads: int | None = Field(
+        None,
+        ge=1,
+        description="decode threads; unset: half the cores, as fast as all of them when idle OpenMP threads sleep "
+        "(bench/server_threads.py) and kinder to a stage running beside the server",
+    )
     startup_timeout: float = Field(120.0, gt=0)
 
 

@@ -20,3 +20,11 @@ WAIT_POLICY = "OMP_WAIT_POLICY"
 def share_cores(env: MutableMapping[str, str] = os.environ) -> str:
     """Default the OpenMP wait policy to PASSIVE; returns the policy in force."""
     return env.setdefault(WAIT_POLICY, "PASSIVE")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, as cgroups and `taskset` set it), not the host's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import httpx
 
 from tunefold.config import EmbeddedServerConfig
 from tunefold.errors import TunefoldError
+from tunefold.ports import free_port
 from tunefold.train.models import EMBEDDED, embedded_gguf
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,6 @@ PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(OSError):  # not Linux: the atexit hook and context managers still stop it
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gguf_path(cfg: EmbeddedServerConfig) -> Path:
@@ -82,11 +76,9 @@ class EmbeddedServer:
             if self.proc is not None and self.proc.poll() is None:
                 return self
             self.port = free_port()
-            cmd = [
-                sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", self.alias,
-                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.cfg.n_ctx),
-            ]  # fmt: skip
-            if self.cfg.n_threads:
+            cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", self.alias]
+            cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.cfg.n_ctx)]
+            if self.cfg.n_threads:  # unset: llama-cpp-python's half of the cores (bench/server_threads.py)
                 cmd += ["--n_threads", str(self.cfg.n_threads)]
             fd, name = tempfile.mkstemp(prefix="tunefold-llama-", suffix=".log")
             self._log_file = Path(name)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+
+from tunefold.cores import usable_cores
+from tunefold.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +32,6 @@ def is_rank() -> bool:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rank_env(rank: int, n: int, port: int, threads: int) -> dict[str, str]:
@@ -55,7 +51,7 @@ def rank_env(rank: int, n: int, port: int, threads: int) -> dict[str, str]:
 def launch_ranks(module: str, argv: Sequence[str], n: int, poll_s: float = 0.2) -> int:
     """Run `python -m module argv` as `n` ranks and wait for all. The first rank to fail stops the rest (SIGTERM,
     then SIGKILL after 30 s); SIGINT/SIGTERM to this process are passed on. Returns the launch's exit code."""
-    port, threads = free_port(), max(1, (os.cpu_count() or 1) // n)
+    port, threads = free_port(), max(1, usable_cores() // n)
     log.info("launching %s on %d ranks (port %d)", module, n, port)
     procs = [
         subprocess.Popen([sys.executable, "-m", module, *argv], env=rank_env(rank, n, port, threads))
