@@ -10,8 +10,8 @@ away). `dpo.sources` and `dpo.data_fraction` choose the preference pool, so a da
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
-import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 
 from tunefold.config import DPOSettings, TrainConfig
 from tunefold.data.records import Record, read_records
+from tunefold.data.subsets import nested_fraction
 from tunefold.errors import InputError
 from tunefold.pipeline.stage import StageContext, log, stage_main
 from tunefold.train.device import DevicePlan, plan_device, train_processes
@@ -35,7 +36,8 @@ from tunefold.train.training import (
 
 
 def select_pairs(records: list[Record], cfg: DPOSettings, seed: int) -> tuple[list[Record], dict[str, int]]:
-    """Pairs from the chosen sources, then a seeded random `data_fraction` of the pool (at least one pair)."""
+    """Pairs from the chosen sources, then `data_fraction` of each source's pairs, nested across fractions
+    (`tunefold.data.subsets`): a sweep's smaller subsets lie inside its larger ones, each source keeps its share."""
     pairs = [r for r in records if r.rejected is not None]
     source = lambda r: r.metadata.get("source_name") or r.source.rsplit(":", 1)[0]  # noqa: E731
     if cfg.sources:
@@ -46,10 +48,15 @@ def select_pairs(records: list[Record], cfg: DPOSettings, seed: int) -> tuple[li
         pairs = [r for r in pairs if source(r) in cfg.sources]
     if not pairs:
         raise InputError(f"{cfg.data}: no preference pairs (rows with `rejected`); nothing for DPO to learn from")
-    n = max(1, round(len(pairs) * cfg.data_fraction))
-    chosen = sorted(random.Random(seed).sample(range(len(pairs)), n))
-    picked = [pairs[i] for i in chosen]
+    picked = [pairs[i] for i in nested_fraction(pairs, source, cfg.data_fraction, seed)]
     return picked, dict(Counter(source(r) for r in picked))
+
+
+def pairs_hash(pairs: list[Record]) -> str:
+    h = hashlib.sha256()
+    for r in pairs:
+        h.update(r.model_dump_json().encode() + b"\n")
+    return h.hexdigest()[:16]
 
 
 def preference_dataset(pairs: list[Record]) -> Any:
@@ -134,6 +141,9 @@ def train_dpo(
         "pairs": len(pairs),
         "pairs_by_source": by_source,
         "data_fraction": cfg.data_fraction,
+        "data_sha256": file_hash(Path(cfg.data))[:16],
+        "pairs_sha256": pairs_hash(pairs),  # the exact subset trained on, for lineage
+        "init": cfg.init,
         **done,
         "first_reward_margin": margins[0] if margins else None,
         "last_reward_margin": margins[-1] if margins else None,

@@ -138,6 +138,9 @@ def train_sft(
     trainable, total = trainer.model.get_nb_trainable_parameters()
     metrics = {
         "round": round_name,
+        "data": str(rnd.data),
+        "data_sha256": file_hash(Path(rnd.data))[:16],
+        "init": str(rnd.init),
         **plan.describe(),
         **done,
         "first_loss": curve[0]["loss"] if curve else None,

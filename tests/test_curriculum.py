@@ -134,8 +134,10 @@ def test_bad_target_distributions_fail_at_load(tmp_path: Path) -> None:
 
 def _small_params(tmp_path: Path, seeds: Path) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["curriculum"]["synthesize"] |= {"seeds": str(seeds), "pool_size": 2, "max_iterations": 2, "theta": 0.0}
-    params["curriculum"]["difficulty"] |= {"min_mfd": -10.0}  # keep everything scored: rounds need records
+    params["curriculum"]["synthesize"] |= {"seeds": str(seeds), "pool_size": 2, "max_iterations": 2, "theta": 1.0}
+    # keep everything scored here (the rounds need records); the filter itself is checked by re-running the stage
+    # on the cached judgments with a threshold inside the observed MFDs
+    params["curriculum"]["difficulty"] |= {"min_mfd": -10.0}
     params["curriculum"]["plan"] |= {"target": {"writing": 0.4, "math": 0.3, "other": 0.3}, "hard_share": [0.0, 1.0]}
     for role in ("teacher", "judge", "student"):
         params["llm"][role] |= {"max_tokens": 48}
@@ -186,8 +188,14 @@ def test_stages_end_to_end_and_a_cached_rerun_is_identical(tmp_path: Path) -> No
     assert first["annotate"]["records"] == 6
     log = [json.loads(line) for line in (out / "synthesize/log.jsonl").read_text().splitlines()]
     assert log and all({"iteration", "decision", "reason"} <= set(row) for row in log)
-    for r in read_records(out / "synthesize/records.jsonl", allow_empty=True):
-        assert r.metadata["origin"] == "codeclm" and abs(r.metadata["gap"]) > 0.0  # theta 0: any gap keeps
+    scored = [row for row in log if "gap" in row]
+    assert scored, log  # the judge scored at least one teacher/student pair, so the rule below is exercised
+    for row in scored:  # theta 1: kept exactly when the scores differ by more than 1, else hardened or dropped
+        assert (row["decision"] == "kept") == (abs(row["gap"]) > 1.0), row
+    synthesized = read_records(out / "synthesize/records.jsonl", allow_empty=True)
+    kept_rows = [row for row in scored if row["decision"] == "kept"]
+    assert sorted(r.metadata["gap"] for r in synthesized) == sorted(row["gap"] for row in kept_rows)
+    assert all(r.metadata["origin"] == "codeclm" for r in synthesized)
     d = first["difficulty"]
     assert d["inputs"] == d["kept"] + d["dropped"] + d["preference_pairs"] and d["preference_pairs"] == 1
     assert first["refine"]["records"] == d["kept"]
@@ -201,6 +209,8 @@ def test_stages_end_to_end_and_a_cached_rerun_is_identical(tmp_path: Path) -> No
     assert set(plan["tasks_after"]) <= {"writing", "math", "other"}
     assert (out / "metrics/plan_tasks.json").exists() and (out / "plan/report.md").read_text().startswith("###")
 
+    _check_the_mfd_filter(params, out, tmp_path / "filtered")
+
     params = _small_params(tmp_path, tmp_path / "run2/annotate/records.jsonl")
     second = _run_chain(params, clean, tmp_path / "run2")
     for name, m in second.items():
@@ -208,6 +218,29 @@ def test_stages_end_to_end_and_a_cached_rerun_is_identical(tmp_path: Path) -> No
         assert sent == 0, f"{name} sent {sent} calls on a cached re-run"
     for rel in ("rounds/r1.jsonl", "rounds/r2.jsonl", "plan/preferences.jsonl"):
         assert (out / rel).read_bytes() == (tmp_path / "run2" / rel).read_bytes(), rel
+
+
+def _check_the_mfd_filter(params: Path, run: Path, out: Path) -> None:
+    """Re-run `difficulty` on the same inputs (every judgment cached) with min_mfd at the lowest observed MFD:
+    exactly the instructions above it are kept, the rest dropped with their MFD and the reason."""
+    from tasks import difficulty
+
+    observed = {r.id: mfd_of(r) for r in read_records(run / "difficulty/records.jsonl")}
+    threshold = min(observed.values())
+    config = yaml.safe_load(params.read_text())
+    config["curriculum"]["difficulty"]["min_mfd"] = threshold
+    strict = out / "params.yaml"
+    out.mkdir()
+    strict.write_text(yaml.safe_dump(config, sort_keys=False))
+    inputs = [str(run / "annotate/records.jsonl"), str(run / "synthesize/records.jsonl")]
+    args = ["--params", str(strict), "--metrics", str(out / "m.json"), "--records", *inputs, "--out", str(out)]
+    assert difficulty.main(args) == 0
+    kept = {r.id for r in read_records(out / "records.jsonl", allow_empty=True)}
+    dropped = [json.loads(line) for line in (out / "dropped.jsonl").read_text().splitlines()]
+    below = {d["record"]["id"] for d in dropped if d["kind"] != "not scored"}
+    assert kept & set(observed) == {i for i, m in observed.items() if m > threshold}
+    assert below & set(observed) == {i for i, m in observed.items() if m <= threshold} != set()  # the lowest goes
+    assert all("<= min_mfd" in d["reason"] for d in dropped if d["record"]["id"] in below)
 
 
 def test_empty_seed_file_is_a_clear_error(tmp_path: Path) -> None:

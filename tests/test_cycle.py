@@ -89,7 +89,11 @@ def test_first_cycle_promotes_records_and_tags(promoted_repo: Path, tmp_path: Pa
     assert lineage["code_commit"] and lineage["chat_template"] and lineage["adapter"]["hash"]
     assert "data/curriculum/rounds" in lineage["curriculum"] and lineage["judge"]["mt_bench"]
     assert "tunefold-single" in lineage["judge_prompts"] and "flask" in lineage["judge_prompts"]
+    data = lineage["training_data"]  # what each training stage read, hashed when it trained
+    assert set(data) == {"r1", "r2", "dpo"} and all(h and len(h) == 16 for h in data.values()), data
+    assert data["r1"] == sha(repo / "data/curriculum/rounds/r1.jsonl")[:16] != data["r2"]
     shown = run([*TUNEFOLD, "lineage", "model-v1"], repo).stdout
+    assert f"training data: r1={data['r1']}, r2={data['r2']}, dpo={data['dpo']}" in shown
     assert shown.startswith("model-v1  (promoted: first model") and "sources: data/sample/alpaca.jsonl=" in shown
     assert "model-v1" in run([*TUNEFOLD, "lineage", "v9"], repo, check=False).stderr
 

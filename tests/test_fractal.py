@@ -91,6 +91,19 @@ def test_soft_aggregate() -> None:
     assert (scores.grad[0, :3] > 0).all() and scores.grad[0, 3] == 0  # every real sentence gets a gradient
 
 
+@pytest.mark.parametrize(("how", "odd", "rest"), [("min", 0.2, 0.9), ("max", 0.9, 0.2)])
+def test_soft_min_and_max_do_not_drift_with_the_number_of_sentences(how: str, odd: float, rest: float) -> None:
+    """One bad sentence spoils a MIN answer however many good ones surround it (and one good one carries a MAX
+    answer): at T 0.1 the aggregate stays near the odd sentence from 2 to 40 sentences."""
+    lengths = [2, 3, 5, 10, 20, 40]
+    scores = torch.full((len(lengths), max(lengths)), rest)
+    scores[:, 0] = odd
+    mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+    agg = soft_aggregate(scores, mask, how, 0.1)
+    assert (agg - odd).abs().max() < 0.03, agg  # the log-n form gave 0.31 (2) ... 0.57 (40) for min
+    assert agg.max() - agg.min() < 0.025, agg
+
+
 @pytest.mark.parametrize(
     ("scores", "label", "how", "expected"),
     [
@@ -147,7 +160,8 @@ def test_scorer_beats_response_label_baseline(how: str, bad_share: float) -> Non
     fractal = auc_roc(truth, scorer.predict(test).tolist())
     baseline = auc_roc(truth, test.labels[test.bag_of].tolist())
     assert fractal > 0.9 and fractal > baseline + 0.2, (fractal, baseline)
-    assert stats["pseudo_label_flips"] >= 0 and not stats["degenerate_labels"]
+    # the first fit mostly agrees with the judge: a few sentences (not none, not many) need their label flipped
+    assert 0 < stats["pseudo_label_flips"] < 0.05 * stats["sentences"] and not stats["degenerate_labels"], stats
     short = cfg.model_copy(update={"epochs": 2})  # deterministic given the seed
     assert torch.equal(train_scorer(train, short)[0].predict(test), train_scorer(train, short)[0].predict(test))
 
@@ -313,7 +327,7 @@ def _workspace(tmp: Path, ratings: dict[tuple[str, int, int], int], answers: dic
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["eval"]["mt_bench"] |= {"questions": str(tmp / "q.jsonl"), "references": str(tmp / "ref.jsonl")}
     params["fractal"] = {
-        "epochs": 15,
+        "epochs": 300,  # learns the 12 labels: q1 gets a high then a low sentence, so a pair is cut
         "hidden_dim": 32,
         "preference_pairs": True,
         "pairs_from": str(records),
@@ -401,6 +415,7 @@ def test_stage_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
         scores = [s["score"] for s in by_key[("candidate", q, 1)]["sentences"]]
         pair = truncated_pair(record, split_spans(record.response), scores, low=0.5)
         expected += [pair] if pair else []
+    assert expected, "the fixture's answers must have a low sentence to cut at, or this check compares nothing"
     assert read_records(ws / "out" / "preference_pairs.jsonl", allow_empty=True) == expected
     assert metrics["preference_pairs"] == {"records": 2, "already_pairs": 0, "scored": 2, "pairs": len(expected)}
     # the report's view: the candidate's answers with their lowest-scored sentences

@@ -77,3 +77,15 @@ def test_every_declared_key_is_in_params_yaml() -> None:
 
     graph = StageGraph.load(ROOT / "dvc.yaml")
     assert [(n, k) for n, s in graph.stages.items() for k in s.params if not present(k)] == []
+
+
+def test_the_committed_lock_records_exactly_the_stages_of_dvc_yaml() -> None:
+    """`dvc.lock` is committed with the outputs it describes: a stage added, renamed or removed in dvc.yaml without
+    a re-run would leave a lock (and metrics/) from another graph."""
+    import yaml
+
+    from tests.conftest import ROOT, run
+
+    listed = set(run(["dvc", "stage", "list", "--name-only"], ROOT).stdout.split())
+    locked = set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"])
+    assert listed == locked, f"only in dvc.yaml: {sorted(listed - locked)}; only in dvc.lock: {sorted(locked - listed)}"

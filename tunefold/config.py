@@ -269,7 +269,12 @@ class DPOSettings(Section):
     sources: list[str] = Field(
         default_factory=list, description="only pairs from these ingest source names (empty: all)"
     )
-    data_fraction: float = Field(1.0, gt=0.0, le=1.0, description="seeded random share of the pooled pairs")
+    data_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="share of each source's pairs, nested across fractions (tunefold/data/subsets.py)",
+    )
     beta: float = Field(0.1, gt=0)
     epochs: float = Field(1.0, gt=0)
     learning_rate: float = Field(5e-5, gt=0)

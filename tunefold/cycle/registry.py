@@ -84,6 +84,13 @@ def source_hashes(root: Path, params: Params) -> dict[str, str]:
     return out
 
 
+def training_data(sft: dict[str, dict[str, Any]], dpo: dict[str, Any]) -> dict[str, str | None]:
+    """The content hash of what each training stage read, as it recorded it: each round's data file and the exact
+    preference pairs DPO kept (after `dpo.sources` and `dpo.data_fraction`)."""
+    out = {r: m.get("data_sha256") for r, m in sft.items()}
+    return out | ({"dpo": dpo.get("pairs_sha256")} if dpo else {})
+
+
 def lineage(root: Path, params: Params) -> dict[str, Any]:
     """Where the current workspace's model and scores come from, from the files the stages left behind."""
     from tunefold.eval.flask import TEMPLATE_HASH as FLASK_TEMPLATE
@@ -105,7 +112,7 @@ def lineage(root: Path, params: Params) -> dict[str, Any]:
         "validation": {k: validate.get(k) for k in ("rows", "clean", "quarantined")},
         "validation_report": outs.get("reports/validate"),
         "curriculum": {p: h for p, h in outs.items() if p.startswith("data/curriculum/")},
-        "training_data": {r: outs.get(str(params.train.rounds[r].data)) for r in rounds} if params.train else {},
+        "training_data": training_data(sft, read("metrics/dpo.json")),
         "params_sha256": file_hash(root / "params.yaml")[:16],
         "code_commit": git(root, "rev-parse", "HEAD", check=False) or None,
         "code_dirty": dirty,
