@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from tunefold.curriculum.roles import noise_caveat
 from tunefold.curriculum.taxonomy import instruction_text, tag_instructions, with_tag
 from tunefold.data.records import Record, read_records
 from tunefold.io import write_json, write_jsonl, write_text
@@ -34,8 +35,13 @@ def run_annotate(ctx: StageContext, records_path: Path, out_dir: Path, plot: Pat
     tagged, metrics = annotate(ctx, read_records(records_path))
     write_jsonl(out_dir / "records.jsonl", [r.model_dump() for r in tagged])
     rows = [[t, n, f"{n / len(tagged):.1%}"] for t, n in metrics["task_types"].items()]
-    write_text(out_dir / "report.md", "### Task types\n\n" + md_table(["task type", "records", "share"], rows)
-               + f"\n\nUnparseable tags (tagged `other`): {metrics['tag_failures']}\n")  # fmt: skip
+    write_text(
+        out_dir / "report.md",
+        "### Task types\n\n"
+        + noise_caveat(ctx.params.llm)
+        + md_table(["task type", "records", "share"], rows)
+        + f"\n\nUnparseable tags (tagged `other`): {metrics['tag_failures']}\n",
+    )
     if plot:
         write_json(plot, [{"task_type": t, "records": n} for t, n in metrics["task_types"].items()])
     log.info("annotated %d records: %s", len(tagged), metrics["task_types"])

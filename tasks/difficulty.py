@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from tunefold.config import TASK_TYPES
+from tunefold.curriculum.rating import rate_answer
+from tunefold.curriculum.roles import noise_caveat, same_weights, target_responses
 from tunefold.data.records import Message, Record, read_records, with_response
-from tunefold.eval.judge import ask_judge
-from tunefold.eval.mtbench import JudgePrompt, Question, load_judge_prompts, single_messages
 from tunefold.io import write_json, write_jsonl, write_text
 from tunefold.llm import Gateway
 from tunefold.pipeline.stage import StageContext, log, stage_main
@@ -32,9 +32,7 @@ def _chat(messages: list[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
-def score_record(
-    gw: Gateway, r: Record, judge_prompt: JudgePrompt, use_dataset: bool, json_output: bool
-) -> tuple[Record | None, str | None]:
+def score_record(gw: Gateway, r: Record, use_dataset: bool, json_output: bool) -> tuple[Record | None, str | None]:
     """The record with its teacher/student scores and MFD, or None and why it cannot be scored."""
     synthesized = r.metadata.get("origin") == "codeclm"  # its target answer was already chosen by the filter
     prompt = _chat(r.prompt)
@@ -42,14 +40,13 @@ def score_record(
     student = gw.answer("student", prompt)
     if target is None or student is None:
         return None, "no answer from " + ("the teacher" if target is None else "the student")
-    question = Question(0, "general", [next(m.content for m in reversed(r.prompt) if m.role == "user")])
+    user_text = next(m.content for m in reversed(r.prompt) if m.role == "user")
     scores = []
     for answer in (target, student):
-        messages = single_messages(judge_prompt, question, [answer], 1)
-        j = ask_judge(gw, "single", messages, judge_prompt, json_output, attempts=2)
-        if not j.ok:
-            return None, f"judge reply {j.status}: {j.detail}"
-        scores.append(float(j.value))
+        score, why = rate_answer(gw, user_text, answer, json_output)
+        if score is None:
+            return None, why
+        scores.append(score)
     scored = with_response(
         r,
         target,
@@ -77,11 +74,11 @@ def difficulty(ctx: StageContext, inputs: list[Path]) -> tuple[list[Record], lis
             if i not in chosen
         ]
         todo = [r for i, r in enumerate(todo) if i in chosen]
-    judge_prompt = load_judge_prompts(None)[("single", False, False)]
     json_output = ctx.params.eval.judge_output == "json"
+    use_dataset = target_responses(cfg.responses, ctx.params.llm) == "dataset"
     scored = ctx.gateway.map(
         "judge",
-        lambda r: score_record(ctx.gateway, r, judge_prompt, cfg.responses == "dataset", json_output),
+        lambda r: score_record(ctx.gateway, r, use_dataset, json_output),
         todo,
         desc="MFD (teacher vs student)",
     )
@@ -122,6 +119,8 @@ def run_difficulty(ctx: StageContext, inputs: list[Path], out_dir: Path, plot: P
         "mean_mfd_kept": round(sum(r.metadata["mfd"] for r in kept) / len(kept), 3) if kept else None,
         "dropped_by_reason": dict(reasons),
         "min_mfd": ctx.params.curriculum.difficulty.min_mfd,
+        "responses": target_responses(ctx.params.curriculum.difficulty.responses, ctx.params.llm),
+        "one_model_in_every_role": same_weights(ctx.params.llm),
         "kept_by_task": {t: n for t in TASK_TYPES if (n := sum(r.metadata.get("task_type") == t for r in kept))},
     }
     if not kept:
@@ -130,7 +129,7 @@ def run_difficulty(ctx: StageContext, inputs: list[Path], out_dir: Path, plot: P
     why = [[k, n] for k, n in reasons.items()]
     write_text(
         out_dir / "report.md",
-        f"### Model Fitting Difficulty (TAPIR)\n\nKept {len(kept)} of {scored} "
+        f"### Model Fitting Difficulty (TAPIR)\n\n{noise_caveat(ctx.params.llm)}Kept {len(kept)} of {scored} "
         f"scored instructions (MFD > {metrics['min_mfd']:g}); {len(pairs)} preference pairs passed on.\n\n"
         + md_table(["MFD (teacher - student)", "instructions"], rows)
         + "\n\n"

@@ -3,8 +3,9 @@
 The SFT adapter is loaded twice onto one base model: as the trainable policy and as a frozen "ref" adapter
 (trl's reference adapter), so the reference is exactly the SFT model and only one base is in memory. Nothing is
 merged, so a 4-bit QLoRA base keeps the whole SFT delta (merging into 4-bit weights would round most of it
-away). `dpo.sources` and `dpo.data_fraction` choose the preference pool, so a data-efficiency study is one
-`dvc exp run` sweep.
+away). With `dpo.init` set to the base model (the DPO paper's setting) a fresh LoRA adapter is trained and the
+reference is the base with the adapter disabled. `dpo.sources` and `dpo.data_fraction` choose the preference
+pool, so a data-efficiency study is one `dvc exp run` sweep.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tunefold.train.training import (
     file_hash,
     fingerprint,
     load_base,
+    lora_config,
     schedule_args,
     train_and_save,
 )
@@ -84,21 +86,48 @@ def dpo_trainer(
     dataset: Any,
     tokenizer: Any,
 ) -> Any:
-    """A DPOTrainer whose policy is the SFT adapter, trainable, and whose reference is trl's frozen copy of it
-    ("ref"): given a PeftModel and no ref_model, trl copies the adapter it was given."""
+    """A DPOTrainer whose policy starts from `dpo.init` and whose reference is that same starting model, frozen.
+
+    From an SFT adapter: the adapter is trainable and trl adds a frozen copy of it ("ref"). From the base model
+    (`dpo.init` = the base directory, the DPO paper's setting): a fresh LoRA adapter is trained and the reference is
+    the base with the adapter disabled."""
     from peft import PeftModel
     from trl import DPOConfig, DPOTrainer
 
-    model = PeftModel.from_pretrained(load_base(base_dir, plan), cfg.init, is_trainable=True)
+    from_base = starts_from_base(cfg, base_dir)
+    model = load_base(base_dir, plan)
+    peft_config = lora_config(train.lora, model) if from_base else None
+    if not from_base:
+        model = PeftModel.from_pretrained(model, cfg.init, is_trainable=True)
     args = DPOConfig(
         **schedule_args(train, plan, ckpt_dir, cfg.batch_size, cfg.learning_rate, cfg.epochs, cfg.max_steps),
         beta=cfg.beta,
         max_length=cfg.max_length,
     )
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer)
-    if "ref" not in trainer.model.peft_config:  # trl would fall back to the base model as the reference
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    if not from_base and "ref" not in trainer.model.peft_config:  # trl would fall back to the base as reference
         raise RuntimeError("trl did not add the frozen reference adapter; DPO would train against the base model")
     return trainer
+
+
+def starts_from_base(cfg: DPOSettings, base_dir: Path) -> bool:
+    """True for `dpo.init` = the base model directory; an error unless it is that or a LoRA adapter directory."""
+    init = Path(cfg.init)
+    if init.resolve() == base_dir.resolve():
+        return True
+    if not (init / "adapter_config.json").exists():
+        raise InputError(
+            f"dpo.init: {init} is neither the base model ({base_dir}) nor a LoRA adapter directory; "
+            "run the SFT stage first or set dpo.init to the base model"
+        )
+    return False
 
 
 def train_dpo(
@@ -111,8 +140,7 @@ def train_dpo(
     force_restart: bool = False,
 ) -> dict[str, Any]:
     init = Path(cfg.init)
-    if not (init / "adapter_config.json").exists():
-        raise InputError(f"dpo.init: {init} is not a LoRA adapter directory; run the SFT stage first")
+    from_base = starts_from_base(cfg, base_dir)
     plan = plan_device(train.device, train.qlora, train.attn_implementation)
     tokenizer = load_tokenizer(base_dir)
     # renders like the SFT rounds' template; DPO masks by prompt/chosen/rejected itself, so markers are not needed
@@ -122,7 +150,7 @@ def train_dpo(
 
     fp = fingerprint(
         data=file_hash(Path(cfg.data)),
-        init=file_hash(init / "adapter_model.safetensors"),
+        init="base" if from_base else file_hash(init / "adapter_model.safetensors"),
         dpo=cfg.model_dump(),
         lora=train.lora.model_dump(),
         seed=train.seed,
@@ -144,6 +172,7 @@ def train_dpo(
         "data_sha256": file_hash(Path(cfg.data))[:16],
         "pairs_sha256": pairs_hash(pairs),  # the exact subset trained on, for lineage
         "init": cfg.init,
+        "reference": "the base model" if from_base else f"the frozen starting adapter {cfg.init}",
         **done,
         "first_reward_margin": margins[0] if margins else None,
         "last_reward_margin": margins[-1] if margins else None,

@@ -18,6 +18,7 @@ from typing import Any
 
 from tunefold.config import CurriculumConfig
 from tunefold.curriculum.planning import distribution, mfd_of, rebalance, round_stats, split_rounds
+from tunefold.curriculum.roles import noise_caveat
 from tunefold.data.records import Record, make_record, read_records
 from tunefold.errors import InputError
 from tunefold.io import atomic_dir, write_json, write_jsonl, write_text
@@ -32,8 +33,12 @@ def preference_pairs(records: list[Record]) -> list[Record]:
         student = r.metadata.get("student_response")
         if not student or student == r.response or r.metadata.get("kept_response") == "student":
             continue
-        meta = {"source_name": "curriculum", "task_type": r.metadata.get("task_type"), "mfd": mfd_of(r),
-                "parent_id": r.metadata.get("parent_id", r.id)}  # fmt: skip
+        meta = {
+            "source_name": "curriculum",
+            "task_type": r.metadata.get("task_type"),
+            "mfd": mfd_of(r),
+            "parent_id": r.metadata.get("parent_id", r.id),
+        }
         pair = make_record(list(r.messages), f"curriculum:{r.id}", rejected=student, metadata=meta)
         pairs.setdefault(pair.id, pair)
     return list(pairs.values())
@@ -51,17 +56,23 @@ def plan(cfg: CurriculumConfig, records: list[Record]) -> tuple[list[list[Record
     ranked = sorted(mfd_of(r) for r in balanced.records)
     threshold = ranked[min(len(ranked) - 1, int(p.hard_quantile * len(ranked)))]
     report = {
-        "kept_in": len(records), "planned": len(balanced.records), "repeated": balanced.repeated,
-        "dropped": len(balanced.dropped), "hard_mfd_threshold": threshold,
-        "tasks_before": distribution(records), "tasks_after": distribution(balanced.records),
+        "kept_in": len(records),
+        "planned": len(balanced.records),
+        "repeated": balanced.repeated,
+        "dropped": len(balanced.dropped),
+        "hard_mfd_threshold": threshold,
+        "tasks_before": distribution(records),
+        "tasks_after": distribution(balanced.records),
         "target_used": {t: round(s, 4) for t, s in balanced.target.items()},
-        "rounds": round_stats(rounds, threshold), "warnings": balanced.warnings,
-    }  # fmt: skip
+        "rounds": round_stats(rounds, threshold),
+        "warnings": balanced.warnings,
+    }
     return rounds, report, balanced.dropped
 
 
-def run_plan(ctx: StageContext, records_path: Path, pairs_path: Path, rounds_dir: Path, out_dir: Path,
-             plots: Path | None) -> dict[str, Any]:  # fmt: skip
+def run_plan(
+    ctx: StageContext, records_path: Path, pairs_path: Path, rounds_dir: Path, out_dir: Path, plots: Path | None
+) -> dict[str, Any]:
     cfg = ctx.params.curriculum
     records = read_records(records_path, allow_empty=True)
     rounds, report, dropped = plan(cfg, records)
@@ -75,22 +86,36 @@ def run_plan(ctx: StageContext, records_path: Path, pairs_path: Path, rounds_dir
     write_json(out_dir / "plan.json", report)
     rounds_info = report["rounds"]
     tasks = sorted(set(report["tasks_before"]) | set(report["target_used"]))
-    task_rows = [{"task_type": t, "before": report["tasks_before"].get(t, 0.0),
-                  "after": report["tasks_after"].get(t, 0.0), "target": report["target_used"].get(t, 0.0)}
-                 for t in tasks]  # fmt: skip
-    write_text(out_dir / "report.md", "### Curriculum plan (TAPIR)\n\n"
-               f"{report['planned']} instructions planned from {report['kept_in']} kept ({report['repeated']} "
-               f"repeats of scarce tasks, {report['dropped']} over quota); {len(prefs)} preference pairs "
-               f"({len(given)} from the input data).\n\n"
-               + md_table(["task type", "before", "after", "target"], [list(r.values()) for r in task_rows]) + "\n\n"
-               + md_table(["round", "records", "mean MFD", "hard share"], [list(r.values()) for r in report["rounds"]])
-               + "\n" + "".join(f"\n- warning: {w}" for w in report["warnings"]))  # fmt: skip
+    task_rows = [
+        {
+            "task_type": t,
+            "before": report["tasks_before"].get(t, 0.0),
+            "after": report["tasks_after"].get(t, 0.0),
+            "target": report["target_used"].get(t, 0.0),
+        }
+        for t in tasks
+    ]
+    write_text(
+        out_dir / "report.md",
+        "### Curriculum plan (TAPIR)\n\n"
+        + noise_caveat(ctx.params.llm)
+        + f"{report['planned']} instructions planned from {report['kept_in']} kept ({report['repeated']} "
+        f"repeats of scarce tasks, {report['dropped']} over quota); {len(prefs)} preference pairs "
+        f"({len(given)} from the input data).\n\n"
+        + md_table(["task type", "before", "after", "target"], [list(r.values()) for r in task_rows])
+        + "\n\n"
+        + md_table(["round", "records", "mean MFD", "hard share"], [list(r.values()) for r in report["rounds"]])
+        + "\n"
+        + "".join(f"\n- warning: {w}" for w in report["warnings"]),
+    )
     if plots:
         write_json(plots / "plan_tasks.json", task_rows)
         write_json(plots / "plan_rounds.json", report["rounds"])
     log.info("curriculum: %s", ", ".join(f"{r['round']}: {r['records']} (MFD {r['mean_mfd']})" for r in rounds_info))
-    return {k: v for k, v in report.items() if k != "warnings"} | {"preference_pairs": len(prefs),
-                                                                  "warnings": len(report["warnings"])}  # fmt: skip
+    return {k: v for k, v in report.items() if k != "warnings"} | {
+        "preference_pairs": len(prefs),
+        "warnings": len(report["warnings"]),
+    }
 
 
 def _args(p: argparse.ArgumentParser) -> None:

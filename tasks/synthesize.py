@@ -1,11 +1,13 @@
 """Stage `synthesize`: CodecLM instruction synthesis with Self-Rubrics and Contrastive Filtering.
 
 Seeds (the user's annotated data, or any file ingest reads, such as the Self-Instruct seed tasks) give use cases
-and skills; mixing them makes a metadata pool. For each metadata the teacher writes a basic instruction and a set of
-rubrics with actions. Each iteration, teacher and student (`llm.student`, the model being trained) answer, and the
-judge scores both answers in both orders. When the teacher's and student's scores differ by more than `theta`,
-the instruction is kept with the better answer; otherwise one sampled action rewrites it to be harder, up to
-`max_iterations` times. Every iteration of every instruction is logged with its scores and decision.
+and skills; mixing them makes a metadata pool. For each metadata the teacher writes `instructions_per_metadata`
+distinct basic instructions and a set of rubrics with actions. Each iteration, teacher and student (`llm.student`,
+the model being trained) answer, and the judge scores both answers in both orders. When the teacher's and
+student's scores differ by more than `theta`, the instruction is kept with the better answer, unless that answer
+scores below `min_target_score` (a gap between two poor answers teaches nothing); otherwise one sampled action
+rewrites it to be harder, up to `max_iterations` times. A kept instruction that repeats an earlier one is dropped.
+Every iteration of every instruction is logged with its scores and decision.
 
 Outputs (in --out): records.jsonl (kept instructions), log.jsonl (every iteration), report.md.
 """
@@ -28,7 +30,9 @@ from tunefold.curriculum.prompts import (
     Rubric,
     RubricsReply,
     metadata_text,
+    variant_note,
 )
+from tunefold.curriculum.roles import noise_caveat
 from tunefold.curriculum.synthesis import Metadata, contrastive_decision, metadata_pool
 from tunefold.curriculum.taxonomy import instruction_text, tag_instructions, with_tag
 from tunefold.data.readers import detect_format, read_rows
@@ -83,13 +87,14 @@ class Evolver:
         parsed, _ = self.gw.chat_json("teacher", req, schema, attempts=2)
         return parsed.value if parsed.ok else None
 
-    def __call__(self, job: tuple[int, Metadata]) -> tuple[Record | None, list[dict[str, Any]], str]:
-        index, meta = job
+    def __call__(self, job: tuple[int, int, Metadata]) -> tuple[Record | None, list[dict[str, Any]], str]:
+        index, variant, meta = job
         s = self.cfg.synthesize
-        rng = random.Random(f"{self.cfg.seed}:{index}")
+        rng = random.Random(f"{self.cfg.seed}:{index}" + (f":{variant}" if variant else ""))
         about = metadata_text(meta.use_case, list(meta.skills))
-        base = {"metadata_index": index, "use_case": meta.use_case, "skills": list(meta.skills)}
-        written = self._json(WRITE_INSTRUCTION, about, InstructionReply)
+        base = {"metadata_index": index, "variant": variant, "use_case": meta.use_case, "skills": list(meta.skills)}
+        asked = about + variant_note(variant, s.instructions_per_metadata)
+        written = self._json(WRITE_INSTRUCTION, asked, InstructionReply)
         if written is None:
             return None, [], "dropped: the teacher wrote no usable instruction"
         instruction = written.instruction.strip()
@@ -118,13 +123,18 @@ class Evolver:
                 "judge_failures": len(failures),
                 "reason": d.reason,
             }
+            best = max(scores)
+            if d.keep and s.min_target_score is not None and best < s.min_target_score:
+                why = f"better answer scored {best:g} < min_target_score {s.min_target_score:g}"
+                log_rows.append(row | {"decision": "dropped", "reason": why})
+                return None, log_rows, "dropped: below the quality floor"
             if d.keep:
                 log_rows.append(row | {"decision": "kept"})
                 target, other = (teacher, student) if d.response == "teacher" else (student, teacher)
                 messages = [Message(role="user", content=instruction), Message(role="assistant", content=target)]
                 record = make_record(
                     messages,
-                    f"synthesize:{index}",
+                    f"synthesize:{index}" + (f".{variant}" if variant else ""),
                     metadata={
                         "task_type": meta.task_type,
                         "use_case": meta.use_case,
@@ -157,6 +167,25 @@ class Evolver:
         raise AssertionError("unreachable: the loop returns on its last iteration")
 
 
+Outcome = tuple[Record | None, list[dict[str, Any]], str]
+
+
+def distinct(results: list[Outcome]) -> list[Outcome]:
+    """A kept instruction whose text (case and spacing aside) an earlier one already has is dropped as a duplicate:
+    a metadata's variants, or two metadata, can lead the teacher to the same instruction."""
+    seen: set[str] = set()
+    out: list[Outcome] = []
+    for record, rows, outcome in results:
+        if record is not None:
+            key = " ".join(instruction_text(record).lower().split())
+            if key in seen:
+                rows = [*rows[:-1], rows[-1] | {"decision": "dropped", "reason": "duplicate of an earlier instruction"}]
+                record, outcome = None, "dropped: duplicate instruction"
+            seen.add(key)
+        out.append((record, rows, outcome))
+    return out
+
+
 def synthesize(ctx: StageContext) -> tuple[list[Record], list[dict[str, Any]], dict[str, Any]]:
     cfg = ctx.params.curriculum
     gw = ctx.gateway
@@ -164,7 +193,9 @@ def synthesize(ctx: StageContext) -> tuple[list[Record], list[dict[str, Any]], d
     pool = metadata_pool(seeds, cfg.synthesize.pool_size, random.Random(cfg.seed))
     log.info("%d seeds -> %d metadata combinations", len(seeds), len(pool))
     evolve = Evolver(gw, cfg, ctx.params.eval.judge_output == "json")
-    results = gw.map("teacher", evolve, list(enumerate(pool)), desc="Self-Rubrics + Contrastive Filtering")
+    n = cfg.synthesize.instructions_per_metadata
+    jobs = [(i, k, meta) for i, meta in enumerate(pool) for k in range(n)]
+    results = distinct(gw.map("teacher", evolve, jobs, desc="Self-Rubrics + Contrastive Filtering"))
     kept = [r for r, _, _ in results if r is not None]
     log_rows = [row for _, rows, _ in results for row in rows]
     outcomes = Counter(o if not o.startswith("kept") else "kept" for _, _, o in results)
@@ -173,8 +204,10 @@ def synthesize(ctx: StageContext) -> tuple[list[Record], list[dict[str, Any]], d
         "seeds": len(seeds),
         "seeds_unreadable": unreadable,
         "metadata": len(pool),
+        "instructions_per_metadata": n,
+        "instructions": len(jobs),
         "kept": len(kept),
-        "kept_fraction": round(len(kept) / len(pool), 3),
+        "kept_fraction": round(len(kept) / len(jobs), 3),
         "outcomes": dict(sorted(outcomes.items())),
         "kept_by_iteration": {str(k): iterations[k] for k in range(1, cfg.synthesize.max_iterations + 1)},
         "kept_from_first_iteration": round(iterations[1] / len(kept), 3) if kept else None,
@@ -194,8 +227,11 @@ def run_synthesize(ctx: StageContext, out_dir: Path, plot: Path | None) -> dict[
     outcomes = [[k, n] for k, n in metrics["outcomes"].items()]
     write_text(
         out_dir / "report.md",
-        f"### Synthesis (CodecLM)\n\n{metrics['metadata']} metadata combinations from "
-        f"{metrics['seeds']} seeds; kept {metrics['kept']} ({metrics['kept_fraction']:.0%}).\n\n"
+        "### Synthesis (CodecLM)\n\n"
+        + noise_caveat(ctx.params.llm)
+        + f"{metrics['metadata']} metadata combinations from {metrics['seeds']} seeds, "
+        f"{metrics['instructions_per_metadata']} instruction(s) each; kept {metrics['kept']} of "
+        f"{metrics['instructions']} ({metrics['kept_fraction']:.0%}).\n\n"
         + md_table(["outcome", "instructions"], outcomes)
         + "\n\n"
         + md_table(["kept at iteration", "instructions"], by_iter)

@@ -129,12 +129,36 @@ def test_bad_target_distributions_fail_at_load(tmp_path: Path) -> None:
         load_params(_params_with(tmp_path, {"hard_share": [0.2, 0.5, 0.8]}))
 
 
+def test_roles_tell_one_model_from_several() -> None:
+    """auto targets: the teacher's answers only when the teacher is another model than the student; the noise
+    note whenever teacher, student and judge are one model."""
+    from tunefold.config import EndpointConfig, LLMConfig
+    from tunefold.curriculum.roles import noise_caveat, same_weights, target_responses
+
+    demo = LLMConfig()
+    assert same_weights(demo) and target_responses("auto", demo) == "dataset" and "same model" in noise_caveat(demo)
+    strong = EndpointConfig(base_url="http://gpu:8000/v1/", model="Qwen2.5-72B-Instruct")
+    served = LLMConfig(teacher=strong, judge=strong.model_copy(update={"base_url": "http://gpu:8000/v1"}))
+    assert not same_weights(served) and same_weights(served, ("teacher", "judge"))  # the trailing slash is one URL
+    assert target_responses("auto", served) == "teacher" and noise_caveat(served) == ""
+    assert target_responses("dataset", served) == "dataset" and target_responses("teacher", demo) == "teacher"
+    other_gguf = LLMConfig(embedded={"model": "/models/big.gguf"}, student=EndpointConfig(base_url="http://s/v1"))
+    assert target_responses("auto", other_gguf) == "teacher"
+
+
 # --- the stages against the embedded teacher, judge and student ---------------------------------------------------
 
 
 def _small_params(tmp_path: Path, seeds: Path) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["curriculum"]["synthesize"] |= {"seeds": str(seeds), "pool_size": 2, "max_iterations": 2, "theta": 1.0}
+    params["curriculum"]["synthesize"] |= {
+        "seeds": str(seeds),
+        "pool_size": 2,
+        "instructions_per_metadata": 2,
+        "max_iterations": 2,
+        "theta": 1.0,
+        "min_target_score": 6.0,
+    }
     # keep everything scored here (the rounds need records); the filter itself is checked by re-running the stage
     # on the cached judgments with a threshold inside the observed MFDs
     params["curriculum"]["difficulty"] |= {"min_mfd": -10.0}
@@ -190,15 +214,36 @@ def test_stages_end_to_end_and_a_cached_rerun_is_identical(tmp_path: Path) -> No
     assert log and all({"iteration", "decision", "reason"} <= set(row) for row in log)
     scored = [row for row in log if "gap" in row]
     assert scored, log  # the judge scored at least one teacher/student pair, so the rule below is exercised
-    for row in scored:  # theta 1: kept exactly when the scores differ by more than 1, else hardened or dropped
-        assert (row["decision"] == "kept") == (abs(row["gap"]) > 1.0), row
+    for row in scored:  # theta 1 and the floor 6: each logged decision follows the rules from its own scores
+        best = max(row["teacher_score"], row["student_score"])
+        if abs(row["gap"]) <= 1.0:
+            assert row["decision"] in ("harden", "dropped") and "<= theta" in row["reason"], row
+        elif best < 6.0:
+            assert row["decision"] == "dropped" and "< min_target_score 6" in row["reason"], row
+        else:
+            assert row["decision"] == "kept" or row["reason"] == "duplicate of an earlier instruction", row
     synthesized = read_records(out / "synthesize/records.jsonl", allow_empty=True)
     kept_rows = [row for row in scored if row["decision"] == "kept"]
     assert sorted(r.metadata["gap"] for r in synthesized) == sorted(row["gap"] for row in kept_rows)
     assert all(r.metadata["origin"] == "codeclm" for r in synthesized)
+    assert all(max(r.metadata["teacher_score"], r.metadata["student_score"]) >= 6.0 for r in synthesized)
+    s = first["synthesize"]
+    assert s["instructions"] == s["metadata"] * 2 and sum(s["outcomes"].values()) == s["instructions"]
     d = first["difficulty"]
     assert d["inputs"] == d["kept"] + d["dropped"] + d["preference_pairs"] and d["preference_pairs"] == 1
     assert first["refine"]["records"] == d["kept"]
+    rf = first["refine"]
+    assert rf["refined"] + rf["failed"] + rf["unrated"] + rf["rated_lower"] == rf["records"]
+    rated = read_records(out / "difficulty/records.jsonl")
+    before, lineage = {r.id: r for r in rated}, {r.metadata["parent_id"]: r for r in rated}
+    for r in read_records(out / "refine/records.jsonl"):
+        if r.metadata["refined"]:  # the rewrite replaced the original only when rated at least as high
+            original = lineage[r.metadata["parent_id"]]
+            assert r.metadata["unrefined"] == original.response and r.response != original.response
+            assert r.metadata["teacher_score"] >= r.metadata["unrefined_score"] == original.metadata["teacher_score"]
+            assert r.metadata["mfd"] == r.metadata["teacher_score"] - r.metadata["student_score"]
+        else:
+            assert r.id in before and r.response == before[r.id].response
     rounds = [read_records(out / f"rounds/r{k}.jsonl") for k in (1, 2)]
     assert all(rounds) and not (out / "rounds/r3.jsonl").exists()
     means = [sum(map(mfd_of, r)) / len(r) for r in rounds]
@@ -208,6 +253,9 @@ def test_stages_end_to_end_and_a_cached_rerun_is_identical(tmp_path: Path) -> No
     plan = json.loads((out / "plan/plan.json").read_text())
     assert set(plan["tasks_after"]) <= {"writing", "math", "other"}
     assert (out / "metrics/plan_tasks.json").exists() and (out / "plan/report.md").read_text().startswith("###")
+    for stage in ("annotate", "synthesize", "difficulty", "refine", "plan"):  # one 135M model in every role
+        assert "Teacher, student and judge are the same model" in (out / stage / "report.md").read_text(), stage
+    assert first["difficulty"]["one_model_in_every_role"] and first["difficulty"]["responses"] == "dataset"
 
     _check_the_mfd_filter(params, out, tmp_path / "filtered")
 

@@ -327,7 +327,8 @@ def _workspace(tmp: Path, ratings: dict[tuple[str, int, int], int], answers: dic
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["eval"]["mt_bench"] |= {"questions": str(tmp / "q.jsonl"), "references": str(tmp / "ref.jsonl")}
     params["fractal"] = {
-        "epochs": 300,  # learns the 12 labels: q1 gets a high then a low sentence, so a pair is cut
+        "epochs": 300,  # learns the labels: q1 gets a high then a low sentence, so a pair is cut
+        "seed": 4,  # holds out question 2 (rated good and poor answers: the held-out AUC is defined), trains on q1
         "hidden_dim": 32,
         "preference_pairs": True,
         "pairs_from": str(records),
@@ -401,7 +402,17 @@ def test_stage_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
     assert by_key[("candidate", 3, 2)]["sentences"] == []  # empty answer
     metrics = json.loads((ws / "m.json").read_text())
     assert metrics["answers"] == 16 and metrics["parse_failures"] == 3 and metrics["empty_answers"] == 1
-    assert metrics["one_sentence_answers"] == 4 and metrics["train"]["responses"] == 12
+    # every answer to a held-out question (both models, both turns) is out of training, and nothing else is
+    by_question: dict[tuple, set] = {}
+    for r in rows:
+        by_question.setdefault((r["source"], r.get("question_id"), r.get("idx")), set()).add(r["heldout"])
+    assert all(len(flags - {None}) == 1 for flags in by_question.values()), by_question
+    held = [r for r in rows if r["heldout"]]
+    assert held and metrics["heldout_answers"] == len(held)
+    trained = [r for r in rows if r["heldout"] is False and r["label"] is not None]
+    assert metrics["one_sentence_answers"] == 4 and metrics["train"]["responses"] == len(trained) < 12
+    assert {(r["source"], r.get("question_id")) for r in held} == {("mt_bench", 2)}
+    assert 0 <= metrics["response_auc_heldout"] <= 1 and 0 <= metrics["response_auc_train"] <= 1
     flask_rows = {(r["model"], r["idx"]): r for r in rows if r["source"] == "flask"}
     assert flask_rows[("candidate", 0)]["judge_score"] == 0.9 and flask_rows[("candidate", 0)]["label"] == 1.0
     assert flask_rows[("base", 0)]["label"] == 0.0 and flask_rows[("base", 1)]["label"] is None  # N/A only

@@ -268,6 +268,46 @@ def test_dpo_reference_is_the_sft_model_before_and_after_training(sft_run: dict,
     assert (policy - sft).abs().max() > 0.05  # the policy moved, the reference did not
 
 
+def test_dpo_from_the_base_model_trains_a_fresh_adapter_against_the_base(sft_run: dict, base_model: Path) -> None:
+    """`dpo.init` = the base model (the DPO paper's setting): the reference log-probs are the base model's and stay
+    so; the policy moves; the stage writes an adapter that loads on the base and says what its reference was."""
+    import torch
+
+    from tasks.dpo import dpo_trainer, preference_dataset, train_dpo
+    from tunefold.data.records import read_records
+    from tunefold.train.device import plan_device
+    from tunefold.train.models import load_model, load_tokenizer, load_trained
+    from tunefold.train.training import training_template
+
+    work = sft_run["work"]
+    cfg = DPOSettings(init=str(base_model), data=str(sft_run["data"]), learning_rate=5e-3, max_steps=2, max_length=128)
+    tokenizer = load_tokenizer(base_model)
+    tokenizer.chat_template = training_template(tokenizer)[0]
+    dataset = preference_dataset(read_records(sft_run["data"]))
+    trainer = dpo_trainer(cfg, sft_run["cfg"], plan_device("cpu"), base_model, work / "b_ckpt", dataset, tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    base = load_model(base_model)
+    with torch.no_grad():
+        logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    token_logps = logits.log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    expected = (token_logps * batch["completion_mask"][:, 1:]).sum(1)
+
+    def reference() -> torch.Tensor:
+        trainer.model.eval()
+        return torch.cat(trainer.compute_ref_log_probs(trainer.model, batch))
+
+    assert torch.allclose(reference(), expected, atol=1e-3), (reference(), expected)
+    trainer.train()
+    assert torch.allclose(reference(), expected, atol=1e-3)
+    m = train_dpo(cfg, sft_run["cfg"], base_model, work / "dpo_b", work / "dpo_b_ckpt", work / "dpo_b.tsv")
+    assert m["steps"] == 2 and m["reference"] == "the base model" and m["init"] == str(base_model)
+    load_trained(base_model, work / "dpo_b")
+    with pytest.raises(InputError, match="neither the base model"):
+        train_dpo(
+            cfg.model_copy(update={"init": str(work)}), sft_run["cfg"], base_model, work / "x", work / "y", work / "z"
+        )
+
+
 def test_packed_batches_match_separate_sequences(base_model: Path) -> None:
     """Padding-free packing on CPU attends within each conversation only (position ids restart per sequence).
 

@@ -264,7 +264,10 @@ class TrainConfig(Section):
 
 
 class DPOSettings(Section):
-    init: str = Field(description="the SFT adapter DPO trains on from; a frozen copy of it is the reference")
+    init: str = Field(
+        description="where DPO starts: an SFT adapter (trained on; a frozen copy is the reference) or the base model "
+        "directory (a fresh LoRA adapter; the base is the reference, the DPO paper's setting)"
+    )
     data: str = Field(description="records JSONL; rows with a `rejected` answer are the preference pairs")
     sources: list[str] = Field(
         default_factory=list, description="only pairs from these ingest source names (empty: all)"
@@ -447,9 +450,19 @@ class SynthesizeSettings(Section):
         description="seed instructions: annotated records, or any file ingest reads (e.g. Self-Instruct seed tasks)",
     )
     seed_limit: int | None = Field(None, ge=1, description="only the first N seeds")
-    pool_size: int = Field(8, ge=1, description="metadata (use case + skills) combinations to write for")
+    pool_size: int = Field(200, ge=1, description="metadata (use case + skills) combinations to write for (CodecLM)")
+    instructions_per_metadata: int = Field(
+        4, ge=1, description="distinct instructions the teacher writes for each metadata, each evolved on its own"
+    )
     rubrics: int = Field(4, ge=1, description="Self-Rubrics (rubric + action) per metadata")
     theta: float = Field(3.0, ge=0, description="keep when |teacher - student| score gap on 1-10 exceeds this")
+    min_target_score: float | None = Field(
+        6.0,
+        ge=1,
+        le=10,
+        description="quality floor: drop an instruction whose better answer the judge scores below this (1-10), "
+        "however large the gap; null: no floor",
+    )
     max_iterations: int = Field(4, ge=1, description="Self-Rubrics rewrites before an instruction is dropped")
 
 
@@ -457,8 +470,10 @@ class DifficultySettings(Section):
     """TAPIR Model Fitting Difficulty: MFD = judge(teacher response) - judge(student response)."""
 
     min_mfd: float = Field(0.0, description="keep instructions whose MFD is above this (the student has not fit them)")
-    responses: Literal["teacher", "dataset"] = Field(
-        "teacher", description="train on the teacher's response (TAPIR), or keep the dataset's own response"
+    responses: Literal["auto", "teacher", "dataset"] = Field(
+        "auto",
+        description="train on the teacher's response (TAPIR), or keep the dataset's own response; auto: the "
+        "teacher's when it is another model than the student",
     )
     max_instructions: int | None = Field(
         None, ge=1, description="score at most this many (a seeded sample; the rest are dropped with that reason)"
@@ -539,6 +554,12 @@ class FractalConfig(Section):
         False, description="write DPO pairs: a response cut before its first low-scored sentence vs the original"
     )
     pairs_from: str = Field("data/validate/clean.jsonl", description="records whose final answers are cut")
+    heldout_fraction: float = Field(
+        0.3,
+        ge=0,
+        lt=1,
+        description="share of questions whose judged answers are not trained on; the response AUC is reported on them",
+    )
     seed: int = 0
 
 

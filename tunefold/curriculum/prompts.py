@@ -10,6 +10,12 @@ WRITE_INSTRUCTION = (
     'Reply as a JSON object with the key "instruction".'
 )
 
+
+def variant_note(k: int, n: int) -> str:
+    """Appended to the metadata text for a metadata's second and later instructions, so each asks for another."""
+    return "" if k == 0 else f"\n\nThis is instruction {k + 1} of {n} for this use case: make it clearly different."
+
+
 WRITE_RUBRICS = (
     "You design ways to make instructions for an AI assistant more demanding. For the use case and skills below, "
     "write {n} rubrics, each naming one aspect of complexity a harder instruction would test, paired with an action "

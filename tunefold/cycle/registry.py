@@ -138,8 +138,8 @@ def print_lineage(entry: dict[str, Any]) -> str:
     lin = entry["lineage"]
     lines = [
         f"{entry['tag']}  ({'promoted' if entry['promoted'] else 'rejected'}: {entry['reason']})",
-        f"  cycle {entry['cycle']} at {entry['time']}, commit {lin['code_commit']}" + (" (dirty)" if lin["code_dirty"]
-                                                                                   else ""),
+        f"  cycle {entry['cycle']} at {entry['time']}, commit {lin['code_commit']}"
+        + (" (dirty)" if lin["code_dirty"] else ""),
         f"  adapter {lin['adapter']['path']}  {lin['adapter']['hash']}",
         f"  scores: MT-Bench {entry['scores']['mt_bench']} ({entry['scores']['mt_bench_judged']} judged, "
         f"{entry['scores']['mt_bench_failures']} unparseable), FLASK skills {len(entry['scores']['flask'])}",
@@ -152,5 +152,5 @@ def print_lineage(entry: dict[str, Any]) -> str:
         "  curriculum: " + ", ".join(f"{p}={h}" for p, h in sorted(lin["curriculum"].items())),
         f"  validation: {lin['validation']}  report {lin['validation_report']}",
         "  sources: " + ", ".join(f"{p}={h}" for p, h in lin["sources"].items()),
-    ]  # fmt: skip
+    ]
     return "\n".join(lines)
