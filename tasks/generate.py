@@ -373,6 +373,14 @@ def _endpoint_chat(ctx: StageContext, who: CandidateSettings) -> Chat:
     return chat
 
 
+def plain_base(who: CandidateSettings, base_dir: Path) -> CandidateSettings:
+    """`adapter` naming the base model directory means the base itself (as `dpo.init` and a round's `init` do), so
+    a baseline can follow `dpo.init` whichever it is; both spellings give the same answers and fingerprint."""
+    if who.adapter and Path(who.adapter).resolve() == base_dir.resolve():
+        return who.model_copy(update={"adapter": None})
+    return who
+
+
 def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -> dict[str, Any]:
     cfg = ctx.params.eval
     mt = cfg.mt_bench
@@ -380,7 +388,8 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
     questions = load_questions(qfile, Path(mt.references) if mt.references else None, mt.question_ids or None)
     mt_items = [Item(q.question_id, q.turns, TEMPERATURE.get(q.category, 0.7)) for q in questions]
     flask_items = [Item(i.key, [i.instruction], 0.0) for i in answer_instances(cfg.flask)]
-    local = [who for who in (cfg.candidate, cfg.baseline) if not who.base_url]
+    models = [plain_base(who, base_dir) for who in (cfg.candidate, cfg.baseline)]
+    local = [who for who in models if not who.base_url]
     vllm = cfg.local_backend == "vllm" and bool(local)
     if vllm:
         from tunefold.eval.vllm_engine import VllmEngine, require_vllm
@@ -390,7 +399,7 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
             log.info("eval.backend vllm: one engine in this process answers; eval.fanout still spreads judging")
     metrics: dict[str, Any] = {}
     engine = None
-    for who in (cfg.candidate, cfg.baseline):
+    for who in models:
         jobs = [
             Job(
                 f"mt_bench/{who.model_id}",

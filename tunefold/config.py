@@ -290,7 +290,9 @@ class CandidateSettings(Section):
     """A model to evaluate: the base plus an adapter, or any OpenAI-compatible endpoint serving it."""
 
     model_id: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="name in answer and judgment files")
-    adapter: str | None = Field(None, description="adapter directory on top of models/base (None: the base itself)")
+    adapter: str | None = Field(
+        None, description="adapter directory on top of models/base (None or the base directory: the base itself)"
+    )
     base_url: str | None = Field(None, description="generate through this OpenAI-compatible endpoint instead")
     model: str | None = Field(None, description="model id at base_url")
     concurrency: int = Field(

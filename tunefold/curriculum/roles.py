@@ -35,9 +35,14 @@ def noise_caveat(llm: LLMConfig) -> str:
     """A Markdown paragraph for every curriculum report when teacher, student and judge are one model, else ''."""
     if not same_weights(llm):
         return ""
-    name = ":".join(weights_of(llm, "teacher"))
+    where, model = weights_of(llm, "teacher")
+    name = (
+        f"the embedded server's {model if model != 'embedded' else 'SmolLM2-135M-Instruct'}"
+        if where == "embedded"
+        else f"{model} at {where}"
+    )
     return (
-        f"> **Teacher, student and judge are the same model ({name}).** The scores, gaps (MFD, CodecLM's "
+        f"> **Teacher, student and judge are the same model: {name}.** The scores, gaps (MFD, CodecLM's "
         "teacher-student gap) and tags below are that model grading itself: noise, not a measure of what is hard "
         "for the student. Configure a stronger teacher and judge (`llm.teacher`, `llm.judge`) for a real "
         "curriculum.\n\n"
