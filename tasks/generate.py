@@ -381,6 +381,17 @@ def plain_base(who: CandidateSettings, base_dir: Path) -> CandidateSettings:
     return who
 
 
+def _drop_unconfigured(out_dir: Path, model_ids: set[str]) -> None:
+    """The answer directories are persisted (a killed run resumes from them) and tracked whole by DVC: answers of a
+    model no longer configured (a renamed baseline) would stay in the output forever, so they go, with a log line."""
+    for path in sorted(out_dir.glob("*.jsonl")) if out_dir.is_dir() else []:
+        if path.stem not in model_ids:
+            log.info("removing %s: model %r is no longer eval.candidate or eval.baseline", path, path.stem)
+            path.unlink()
+            for extra in out_dir.glob(f".{path.stem}.*"):  # its fingerprint and shard parts
+                extra.unlink()
+
+
 def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -> dict[str, Any]:
     cfg = ctx.params.eval
     mt = cfg.mt_bench
@@ -389,6 +400,8 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
     mt_items = [Item(q.question_id, q.turns, TEMPERATURE.get(q.category, 0.7)) for q in questions]
     flask_items = [Item(i.key, [i.instruction], 0.0) for i in answer_instances(cfg.flask)]
     models = [plain_base(who, base_dir) for who in (cfg.candidate, cfg.baseline)]
+    for out_dir in (mt_dir, flask_dir):
+        _drop_unconfigured(out_dir, {who.model_id for who in models})
     local = [who for who in models if not who.base_url]
     vllm = cfg.local_backend == "vllm" and bool(local)
     if vllm:

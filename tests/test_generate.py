@@ -163,6 +163,41 @@ def test_answers_fingerprint_ignores_concurrency_but_not_the_backend(tmp_path: P
     assert _fingerprint(cfg, served, q) == _fingerprint(vllm, served, q)  # a served model ignores the backend
 
 
+def test_an_adapter_naming_the_base_is_the_base_and_unconfigured_answers_leave_the_output(tmp_path: Path) -> None:
+    """`adapter: models/base` answers as the plain base (same fingerprint, so its answers resume); a model dropped
+    from eval.candidate/eval.baseline leaves no answers behind in the tracked output directories."""
+    from tasks.generate import _fingerprint, generate, plain_base
+    from tunefold.config import CandidateSettings, EvalConfig
+
+    base = tmp_path / "models" / "base"
+    base.mkdir(parents=True)
+    q = tmp_path / "q.jsonl"
+    q.write_text("{}\n")
+    plain, spelled = CandidateSettings(model_id="b"), CandidateSettings(model_id="b", adapter=str(base))
+    assert plain_base(spelled, base) == plain
+    assert _fingerprint(EvalConfig(), plain_base(spelled, base), q) == _fingerprint(EvalConfig(), plain, q)
+    other = CandidateSettings(model_id="b", adapter=str(tmp_path / "models" / "sft"))
+    assert plain_base(other, base) == other
+    mt, flask = tmp_path / "mt", tmp_path / "flask"
+    for d in (mt, flask):
+        d.mkdir()
+        (d / "old-baseline.jsonl").write_text("{}\n")
+        (d / ".old-baseline.fingerprint").write_text("x")
+    with FaultServer(route=lambda body: "echo") as server:
+        ctx = StageContext("generate", _params(tmp_path, server.base_url, 2, ["q0"]))
+        try:
+            generate(ctx, base, mt, flask)
+        finally:
+            ctx.close()
+    for d in (mt, flask):
+        assert sorted(p.name for p in d.iterdir()) == [
+            ".base.fingerprint",
+            ".cand.fingerprint",
+            "base.jsonl",
+            "cand.jsonl",
+        ]
+
+
 def test_backend_setting_is_validated() -> None:
     from pydantic import ValidationError
 
