@@ -19,44 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from tunefold.config import TASK_TYPES
-from tunefold.curriculum.rating import rate_answer
+from tunefold.curriculum.rating import score_record
 from tunefold.curriculum.roles import noise_caveat, same_weights, target_responses
-from tunefold.data.records import Message, Record, read_records, with_response
+from tunefold.data.records import Record, read_records
 from tunefold.io import write_json, write_jsonl, write_text
-from tunefold.llm import Gateway
 from tunefold.pipeline.stage import StageContext, log, stage_main
 from tunefold.pipeline.summary import md_table
-
-
-def _chat(messages: list[Message]) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in messages]
-
-
-def score_record(gw: Gateway, r: Record, use_dataset: bool, json_output: bool) -> tuple[Record | None, str | None]:
-    """The record with its teacher/student scores and MFD, or None and why it cannot be scored."""
-    synthesized = r.metadata.get("origin") == "codeclm"  # its target answer was already chosen by the filter
-    prompt = _chat(r.prompt)
-    target = r.response if (use_dataset or synthesized) else gw.answer("teacher", prompt)
-    student = gw.answer("student", prompt)
-    if target is None or student is None:
-        return None, "no answer from " + ("the teacher" if target is None else "the student")
-    user_text = next(m.content for m in reversed(r.prompt) if m.role == "user")
-    scores = []
-    for answer in (target, student):
-        score, why = rate_answer(gw, user_text, answer, json_output)
-        if score is None:
-            return None, why
-        scores.append(score)
-    scored = with_response(
-        r,
-        target,
-        teacher_score=scores[0],
-        student_score=scores[1],
-        mfd=scores[0] - scores[1],
-        student_response=student,
-        target="dataset" if use_dataset or synthesized else "teacher",
-    )
-    return scored, None
 
 
 def difficulty(ctx: StageContext, inputs: list[Path]) -> tuple[list[Record], list[dict[str, Any]], list[Record]]:

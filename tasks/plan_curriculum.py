@@ -1,27 +1,34 @@
 """Stage `plan_curriculum`: TAPIR's multi-round curriculum from the scored, refined instructions.
 
-Re-balances the kept set to `curriculum.plan.target` (hardest first within a task, scarce tasks over-sampled),
+Re-balances the kept set to `curriculum.plan.target` (hardest first within a task; a scarce task type gets new
+instructions the teacher writes of that type, scored like `difficulty`, and repeats only for what is still missing),
 then splits it into one round per entry of `hard_share`, each with that share of hard instructions (MFD above the
 `hard_quantile` quantile), easiest material first. Writes each round as `<rounds>/r<k>.jsonl` for `sft@r<k>`, and
 preference pairs for DPO: the target answer chosen, the student's answer rejected (with the score gap), plus the
 preference pairs from the input data. An empty round is an error, never passed on to training.
 
-Outputs: --rounds dir (r1.jsonl ...), --out dir (preferences.jsonl, dropped.jsonl, plan.json, report.md).
+Outputs: --rounds dir (r1.jsonl ...), --out dir (preferences.jsonl, dropped.jsonl, expansion_log.jsonl,
+plan.json, report.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from tunefold.config import CurriculumConfig
 from tunefold.curriculum.planning import distribution, mfd_of, rebalance, round_stats, split_rounds
+from tunefold.curriculum.prompts import EXPAND_INSTRUCTION, InstructionReply, expansion_text
+from tunefold.curriculum.rating import score_record
 from tunefold.curriculum.roles import noise_caveat
-from tunefold.data.records import Record, make_record, read_records
+from tunefold.curriculum.taxonomy import TASK_DESCRIPTIONS, instruction_text
+from tunefold.data.records import Message, Record, make_record, read_records
 from tunefold.errors import InputError
 from tunefold.io import atomic_dir, write_json, write_jsonl, write_text
+from tunefold.llm import ChatRequest
 from tunefold.pipeline.stage import StageContext, log, stage_main
 from tunefold.pipeline.summary import md_table
 
@@ -44,9 +51,67 @@ def preference_pairs(records: list[Record]) -> list[Record]:
     return list(pairs.values())
 
 
-def plan(cfg: CurriculumConfig, records: list[Record]) -> tuple[list[list[Record]], dict[str, Any], list[Any]]:
+class Expander:
+    """TAPIR's expansion of a scarce task type: the teacher writes new instructions of that type, shown its hardest
+    ones, and answers them; the student answers and the judge rates both, as `difficulty` does. A new instruction
+    is kept when its MFD is above `min_mfd` and it repeats no instruction of the type; every attempt is logged."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.log: list[dict[str, Any]] = []
+
+    def __call__(self, task: str, ranked: list[Record], extra: int) -> list[Record]:
+        gw, json_output = self.ctx.gateway, self.ctx.params.eval.judge_output == "json"
+        min_mfd = self.ctx.params.curriculum.difficulty.min_mfd
+        examples = [instruction_text(r, limit=600) for r in ranked[:3]]
+        seen = {" ".join(instruction_text(r).lower().split()) for r in ranked}
+
+        def write(k: int) -> tuple[Record | None, dict[str, Any]]:
+            row: dict[str, Any] = {"task_type": task, "attempt": k}
+            shown = expansion_text(task, TASK_DESCRIPTIONS.get(task, task), examples, k, extra)
+            req = ChatRequest(
+                messages=[{"role": "system", "content": EXPAND_INSTRUCTION}, {"role": "user", "content": shown}]
+            )
+            parsed, _ = gw.chat_json("teacher", req, InstructionReply, attempts=2)
+            if not parsed.ok:
+                return None, row | {"decision": "dropped", "reason": "the teacher wrote no usable instruction"}
+            instruction = parsed.value.instruction.strip()
+            row["instruction"] = instruction
+            answer = gw.answer("teacher", [{"role": "user", "content": instruction}])
+            if answer is None:
+                return None, row | {"decision": "dropped", "reason": "no answer from the teacher"}
+            messages = [Message(role="user", content=instruction), Message(role="assistant", content=answer)]
+            meta = {"task_type": task, "origin": "tapir_expansion", "source_name": "curriculum"}
+            scored, why = score_record(
+                gw, make_record(messages, f"expand:{task}:{k}", metadata=meta), True, json_output
+            )
+            if scored is None:
+                return None, row | {"decision": "dropped", "reason": why}
+            mfd = mfd_of(scored)
+            row["mfd"] = mfd
+            if mfd <= min_mfd:
+                return None, row | {"decision": "dropped", "reason": f"MFD {mfd:g} <= min_mfd {min_mfd:g}"}
+            return scored.model_copy(update={"metadata": scored.metadata | {"target": "teacher"}}), row
+
+        kept = []
+        for record, row in gw.map("teacher", write, list(range(extra)), desc=f"expand {task}"):
+            if record is not None:
+                key = " ".join(instruction_text(record).lower().split())
+                if key in seen:
+                    record, row = None, row | {"decision": "dropped", "reason": "repeats an instruction of the type"}
+                else:
+                    seen.add(key)
+                    kept.append(record)
+                    row["decision"] = "kept"
+            self.log.append(row)
+        return kept
+
+
+def plan(
+    cfg: CurriculumConfig, records: list[Record], expand: Expander | None = None
+) -> tuple[list[list[Record]], dict[str, Any], list[Any]]:
     p = cfg.plan
-    balanced = rebalance(records, p.target, p.size, cfg.seed)
+    balanced = rebalance(records, p.target, p.size, cfg.seed, expand if p.expand else None)
     for w in balanced.warnings:
         log.warning(w)
     rounds = split_rounds(balanced.records, p.hard_share, p.hard_quantile)
@@ -58,6 +123,7 @@ def plan(cfg: CurriculumConfig, records: list[Record]) -> tuple[list[list[Record
     report = {
         "kept_in": len(records),
         "planned": len(balanced.records),
+        "expanded": balanced.expanded,
         "repeated": balanced.repeated,
         "dropped": len(balanced.dropped),
         "hard_mfd_threshold": threshold,
@@ -75,7 +141,10 @@ def run_plan(
 ) -> dict[str, Any]:
     cfg = ctx.params.curriculum
     records = read_records(records_path, allow_empty=True)
-    rounds, report, dropped = plan(cfg, records)
+    expander = Expander(ctx)
+    rounds, report, dropped = plan(cfg, records, expander)
+    report["expansion_outcomes"] = dict(Counter(row["decision"] for row in expander.log))
+    write_jsonl(out_dir / "expansion_log.jsonl", expander.log)
     with atomic_dir(rounds_dir) as tmp:
         for i, rs in enumerate(rounds, 1):
             write_jsonl(tmp / f"r{i}.jsonl", [r.model_dump() for r in rs])
@@ -99,8 +168,9 @@ def run_plan(
         out_dir / "report.md",
         "### Curriculum plan (TAPIR)\n\n"
         + noise_caveat(ctx.params.llm)
-        + f"{report['planned']} instructions planned from {report['kept_in']} kept ({report['repeated']} "
-        f"repeats of scarce tasks, {report['dropped']} over quota); {len(prefs)} preference pairs "
+        + f"{report['planned']} instructions planned from {report['kept_in']} kept ({report['expanded']} new "
+        f"teacher-written instructions and {report['repeated']} repeats for scarce tasks, {report['dropped']} over "
+        f"quota); {len(prefs)} preference pairs "
         f"({len(given)} from the input data).\n\n"
         + md_table(["task type", "before", "after", "target"], [list(r.values()) for r in task_rows])
         + "\n\n"

@@ -57,6 +57,25 @@ def test_rebalance_hits_the_target_and_accounts_for_every_record() -> None:
     assert min(kept_writing) >= max(mfd_of(r) for r, _ in out.dropped if r.metadata["task_type"] == "writing")
 
 
+def test_rebalance_fills_a_scarce_task_with_new_instructions_before_repeating() -> None:
+    """The expansion gets the scarce type's records hardest first and the count missing; what it cannot supply
+    (here one of two) is repeated, and both are counted."""
+    records = [rec(i, "writing", 1) for i in range(6)] + [rec(100 + i, "math", i) for i in range(2)]
+    asked = []
+
+    def expand(task: str, ranked: list, extra: int) -> list:
+        asked.append((task, [mfd_of(r) for r in ranked], extra))
+        return [rec(900 + k, task, 5) for k in range(extra - 1)]
+
+    out = rebalance(records, {"writing": 0.5, "math": 0.5}, size=8, seed=0, expand=expand)
+    assert asked == [("math", [1.0, 0.0], 2)]  # only the scarce type, hardest first
+    assert (out.expanded, out.repeated) == (1, 1)
+    math = [r for r in out.records if r.metadata["task_type"] == "math"]
+    assert len(math) == 4 and sum(r.source == "t:900" for r in math) == 1
+    none = rebalance(records, {"writing": 0.5, "math": 0.5}, size=8, seed=0)
+    assert (none.expanded, none.repeated) == (0, 2)
+
+
 def test_rebalance_refuses_when_no_target_task_is_present() -> None:
     with pytest.raises(InputError, match="none of the target task types"):
         rebalance([rec(1, "writing", 1)], {"math": 1.0}, None, 0)
@@ -256,6 +275,15 @@ def test_stages_end_to_end_and_a_cached_rerun_is_identical(tmp_path: Path) -> No
     for stage in ("annotate", "synthesize", "difficulty", "refine", "plan"):  # one 135M model in every role
         assert "Teacher, student and judge are the same model" in (out / stage / "report.md").read_text(), stage
     assert first["difficulty"]["one_model_in_every_role"] and first["difficulty"]["responses"] == "dataset"
+    # scarce task types got teacher-written instructions first: each attempt logged, the kept ones in the rounds
+    p = first["plan_curriculum"]
+    attempts = [json.loads(line) for line in (out / "plan/expansion_log.jsonl").read_text().splitlines()]
+    assert len(attempts) == sum(p["expansion_outcomes"].values()) and p["expanded"] == p["expansion_outcomes"].get(
+        "kept", 0
+    )
+    expanded = [r for rs in rounds for r in rs if r.metadata.get("origin") == "tapir_expansion"]
+    assert len(expanded) == p["expanded"] and all(r.metadata["mfd"] > -10.0 for r in expanded)
+    assert attempts or p["repeated"] == 0  # a repeat only after the teacher was asked
 
     _check_the_mfd_filter(params, out, tmp_path / "filtered")
 

@@ -488,6 +488,11 @@ class PlanSettings(Section):
         description="task type -> share of the training mix (sums to 1); TAPIR raises reasoning, math and coding",
     )
     size: int | None = Field(None, ge=1, description="instructions in the re-balanced set (default: all kept)")
+    expand: bool = Field(
+        True,
+        description="fill a scarce task type with new teacher-written instructions of that type, scored like "
+        "`difficulty` and kept above min_mfd (TAPIR); what is still missing, or all with false, is repeated",
+    )
     hard_quantile: float = Field(0.5, gt=0, lt=1, description="instructions above this MFD quantile count as hard")
     hard_share: list[float] = Field(
         default_factory=lambda: [0.3, 0.7],

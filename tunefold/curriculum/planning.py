@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,10 @@ def apportion(shares: dict[str, float], total: int) -> dict[str, int]:
     return counts
 
 
+# (task type, its records hardest first, how many more it needs) -> new records of that type (possibly fewer)
+Expand = Callable[[str, list[Record], int], list[Record]]
+
+
 @dataclass
 class Balanced:
     records: list[Record]
@@ -38,14 +43,18 @@ class Balanced:
     repeated: int
     target: dict[str, float]  # the target actually used (absent task types' shares redistributed)
     warnings: list[str] = field(default_factory=list)
+    expanded: int = 0
 
 
-def rebalance(records: list[Record], target: dict[str, float], size: int | None, seed: int) -> Balanced:
+def rebalance(
+    records: list[Record], target: dict[str, float], size: int | None, seed: int, expand: Expand | None = None
+) -> Balanced:
     """Pick `size` records (default: all) so task types follow `target`.
 
-    Within a task the hardest (highest MFD) are kept first; a task with fewer records than its quota is
-    over-sampled (repeats counted); a target task with no records at all gives its share to the others, with a
-    warning. Records of task types outside the target are dropped with that reason.
+    Within a task the hardest (highest MFD) are kept first; a task with fewer records than its quota gets new
+    ones from `expand` (TAPIR: the teacher writes more of that type), and what is still missing is filled by
+    repeats (counted); a target task with no records at all gives its share to the others, with a warning.
+    Records of task types outside the target are dropped with that reason.
     """
     if not records:
         raise InputError("no instructions to plan a curriculum from (every one was dropped upstream)")
@@ -69,7 +78,7 @@ def rebalance(records: list[Record], target: dict[str, float], size: int | None,
     rng = random.Random(seed)
     chosen: list[Record] = []
     dropped: list[tuple[Record, str]] = []
-    repeated = 0
+    repeated = expanded = 0
     for task, pool in sorted(by_task.items()):
         quota = quotas.get(task, 0)
         if quota == 0:
@@ -80,10 +89,15 @@ def rebalance(records: list[Record], target: dict[str, float], size: int | None,
         chosen += ranked[:quota]
         dropped += [(r, f"over the {task} quota of {quota}") for r in ranked[quota:]]
         extra = quota - len(ranked)
+        if extra > 0 and expand is not None:
+            new = expand(task, ranked, extra)[:extra]
+            chosen += new
+            expanded += len(new)
+            extra -= len(new)
         if extra > 0:
             chosen += [ranked[rng.randrange(len(ranked))] for _ in range(extra)]
             repeated += extra
-    return Balanced(chosen, dropped, repeated, used, warnings)
+    return Balanced(chosen, dropped, repeated, used, warnings, expanded)
 
 
 def _cap(values: list[int], total: int, extra_to_last: bool) -> list[int]:

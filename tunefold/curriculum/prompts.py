@@ -11,6 +11,19 @@ WRITE_INSTRUCTION = (
 )
 
 
+EXPAND_INSTRUCTION = (
+    "You write instructions that users give an AI assistant. Write one new, self-contained instruction of the task "
+    "type described below, at least as demanding as the examples but about a different subject. Include any text "
+    'or data the task needs inside the instruction. Reply as a JSON object with the key "instruction".'
+)
+
+
+def expansion_text(task_type: str, description: str, examples: list[str], k: int, n: int) -> str:
+    """What the teacher is shown to write the k-th new instruction of a scarce task type."""
+    shown = "\n".join(f"- {e}" for e in examples)
+    return f"Task type: {task_type} ({description})\n\nHardest examples so far:\n{shown}" + variant_note(k, n)
+
+
 def variant_note(k: int, n: int) -> str:
     """Appended to the metadata text for a metadata's second and later instructions, so each asks for another."""
     return "" if k == 0 else f"\n\nThis is instruction {k + 1} of {n} for this use case: make it clearly different."
