@@ -24,7 +24,7 @@ from tunefold.curriculum.planning import distribution, mfd_of, rebalance, round_
 from tunefold.curriculum.prompts import EXPAND_INSTRUCTION, InstructionReply, expansion_text
 from tunefold.curriculum.rating import score_record
 from tunefold.curriculum.roles import noise_caveat
-from tunefold.curriculum.taxonomy import TASK_DESCRIPTIONS, instruction_text
+from tunefold.curriculum.taxonomy import TASK_DESCRIPTIONS, instruction_key, instruction_text
 from tunefold.data.records import Message, Record, make_record, read_records
 from tunefold.errors import InputError
 from tunefold.io import atomic_dir, write_json, write_jsonl, write_text
@@ -64,7 +64,7 @@ class Expander:
         gw, json_output = self.ctx.gateway, self.ctx.params.eval.judge_output == "json"
         min_mfd = self.ctx.params.curriculum.difficulty.min_mfd
         examples = [instruction_text(r, limit=600) for r in ranked[:3]]
-        seen = {" ".join(instruction_text(r).lower().split()) for r in ranked}
+        seen = {instruction_key(r) for r in ranked}
 
         def write(k: int) -> tuple[Record | None, dict[str, Any]]:
             row: dict[str, Any] = {"task_type": task, "attempt": k}
@@ -96,9 +96,9 @@ class Expander:
         kept = []
         for record, row in gw.map("teacher", write, list(range(extra)), desc=f"expand {task}"):
             if record is not None:
-                key = " ".join(instruction_text(record).lower().split())
+                key = instruction_key(record)
                 if key in seen:
-                    record, row = None, row | {"decision": "dropped", "reason": "repeats an instruction of the type"}
+                    row |= {"decision": "dropped", "reason": "repeats an instruction of the type"}
                 else:
                     seen.add(key)
                     kept.append(record)

@@ -34,7 +34,7 @@ from tunefold.curriculum.prompts import (
 )
 from tunefold.curriculum.roles import noise_caveat
 from tunefold.curriculum.synthesis import Metadata, contrastive_decision, metadata_pool
-from tunefold.curriculum.taxonomy import instruction_text, tag_instructions, with_tag
+from tunefold.curriculum.taxonomy import instruction_key, instruction_text, tag_instructions, with_tag
 from tunefold.data.readers import detect_format, read_rows
 from tunefold.data.records import Message, Record, make_record, read_records
 from tunefold.data.shapes import convert_row
@@ -177,7 +177,7 @@ def distinct(results: list[Outcome]) -> list[Outcome]:
     out: list[Outcome] = []
     for record, rows, outcome in results:
         if record is not None:
-            key = " ".join(instruction_text(record).lower().split())
+            key = instruction_key(record)
             if key in seen:
                 rows = [*rows[:-1], rows[-1] | {"decision": "dropped", "reason": "duplicate of an earlier instruction"}]
                 record, outcome = None, "dropped: duplicate instruction"

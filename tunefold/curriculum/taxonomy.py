@@ -65,6 +65,11 @@ class Tagged:
     failure: str | None
 
 
+def instruction_key(record: Record) -> str:
+    """The instruction with case and spacing normalised: two records with the same key ask the same thing."""
+    return " ".join(instruction_text(record).lower().split())
+
+
 def tag_instructions(gw: Gateway, instructions: list[str], desc: str = "task tags") -> list[Tagged]:
     """One structured teacher call per instruction; an unparseable reply gives `other` with its failure."""
     reqs = [
