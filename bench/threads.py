@@ -26,14 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-QUESTIONS = [
-    "Explain how rivers form deltas.",
-    "Write a short poem about winter.",
-    "What is the capital of Australia, and why was it chosen?",
-    "Compare Python and Rust for systems programming.",
-    "Describe the water cycle to a child.",
-    "Give three tips for a job interview.",
-]
+
+from bench.common import QUESTIONS  # noqa: E402
 
 
 def work_llama(requests: int, max_tokens: int) -> int:
