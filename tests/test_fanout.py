@@ -18,6 +18,7 @@ def _setup(tmp_path: Path, workers: int) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["eval"]["mt_bench"] |= {"question_ids": [1, 5], "pairwise": True}
     params["eval"]["fanout"] = {"workers": workers}
+    params["eval"]["baseline"] = {"model_id": "base"}  # the answers written below
     params["llm"]["judge"] |= {"max_tokens": 48}
     params["llm"]["cache_dir"] = str(tmp_path / "cache")
     path = tmp_path / f"params-{workers}.yaml"
@@ -61,7 +62,8 @@ def test_fanned_out_judging_matches_in_process(tmp_path: Path) -> None:
 def _gen_params(tmp_path: Path, workers: int) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["eval"] |= {"max_new_tokens": 8, "batch_size": 1, "fanout": {"workers": workers}}
-    params["eval"]["candidate"] = {"model_id": "candidate"}  # the base model: no adapter to train first
+    params["eval"]["candidate"] = {"model_id": "candidate"}  # the base model on both sides: no adapter to train
+    params["eval"]["baseline"] = {"model_id": "base"}
     params["eval"]["mt_bench"]["question_ids"] = [5, 7, 9]  # reasoning, math, coding: answered greedily
     params["eval"]["flask"]["limit"] = 3
     path = tmp_path / f"gen-{workers}.yaml"
