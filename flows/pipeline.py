@@ -30,7 +30,7 @@ from tunefold.pipeline.summary import stage_metrics, stage_summary
 from tunefold.pipeline.versioning import stamp_flow_run
 
 # Stages that train or generate with the model: one at a time, as they would share one GPU (or all the CPUs).
-GPU_STAGES = ("sft", "dpo", "generate")
+GPU_STAGES = ("curriculum_round", "sft", "dpo", "generate")
 
 
 def uses_gpu(stage: str) -> bool:

@@ -31,7 +31,7 @@ from typing import Any
 
 from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig
 from tunefold.eval.flask import answer_instances
-from tunefold.eval.generation import Answerer
+from tunefold.eval.generation import Answerer, hf_answerer
 from tunefold.eval.mtbench import TEMPERATURE, answer_row, load_questions
 from tunefold.eval.protocol import answer_max_tokens
 from tunefold.io import read_appended, write_jsonl
@@ -284,7 +284,7 @@ def answer_shard(
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
-    answer = _local_answerer(cfg, who, base_dir)
+    answer = hf_answerer(cfg, base_dir, who.adapter)
     out = []
     for job in jobs:
         part = job.path.with_name(f".{job.path.stem}.part{shard}.jsonl")
@@ -329,21 +329,6 @@ def _fanned_out(cfg: EvalConfig, who: CandidateSettings, base_dir: Path, jobs: l
             "shards": n,
         }
     return metrics
-
-
-def _local_answerer(cfg: EvalConfig, who: CandidateSettings, base_dir: Path) -> Answerer:
-    from tunefold.eval.generation import Generator, Prompt
-    from tunefold.train.device import plan_device
-    from tunefold.train.models import load_tokenizer, load_trained
-
-    model = load_trained(base_dir, who.adapter, plan_device(cfg.device))
-    gen = Generator(model, load_tokenizer(base_dir), cfg.batch_size, answer_max_tokens(cfg), cfg.seed)
-
-    def answer(convs: list[list[dict[str, str]]], temps: list[float]) -> list[tuple[str, int, bool]]:
-        out = gen.generate([Prompt(c, t) for c, t in zip(convs, temps, strict=True)])
-        return [(g.text, g.new_tokens, g.stopped) for g in out]
-
-    return answer
 
 
 def _endpoint_chat(ctx: StageContext, who: CandidateSettings) -> Chat:
@@ -445,7 +430,7 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
         elif cfg.fanout.active:
             metrics |= _fanned_out(cfg, who, base_dir, jobs)
         else:
-            answer = _local_answerer(cfg, who, base_dir)
+            answer = hf_answerer(cfg, base_dir, who.adapter)
             for job in jobs:
                 metrics[job.label] = answer_items(
                     answer, job.items, job.path, job.fp, job.row, cfg.batch_size, job.label

@@ -3,12 +3,12 @@
 Re-balances the kept set to `curriculum.plan.target` (hardest first within a task; a scarce task type gets new
 instructions the teacher writes of that type, scored like `difficulty`, and repeats only for what is still missing),
 then splits it into one round per entry of `hard_share`, each with that share of hard instructions (MFD above the
-`hard_quantile` quantile), easiest material first. Writes each round as `<rounds>/r<k>.jsonl` for `sft@r<k>`, and
-preference pairs for DPO: the target answer chosen, the student's answer rejected (with the score gap), plus the
-preference pairs from the input data. An empty round is an error, never passed on to training.
+`hard_quantile` quantile), easiest material first. Writes the planned set with each record's round
+(`planned.jsonl`, which `curriculum_round@r<k>` takes as is or re-measures with the round's student) and preference
+pairs for DPO: the target answer chosen, the student's answer rejected (with the score gap), plus the preference
+pairs from the input data. An empty round is an error, never passed on to training.
 
-Outputs: --rounds dir (r1.jsonl ...), --out dir (preferences.jsonl, dropped.jsonl, expansion_log.jsonl,
-plan.json, report.md).
+Outputs: --out dir (planned.jsonl, preferences.jsonl, dropped.jsonl, expansion_log.jsonl, plan.json, report.md).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tunefold.curriculum.roles import noise_caveat
 from tunefold.curriculum.taxonomy import TASK_DESCRIPTIONS, instruction_key, instruction_text
 from tunefold.data.records import Message, Record, make_record, read_records
 from tunefold.errors import InputError
-from tunefold.io import atomic_dir, write_json, write_jsonl, write_text
+from tunefold.io import write_json, write_jsonl, write_text
 from tunefold.llm import ChatRequest
 from tunefold.pipeline.stage import StageContext, log, stage_main
 from tunefold.pipeline.summary import md_table
@@ -137,7 +137,7 @@ def plan(
 
 
 def run_plan(
-    ctx: StageContext, records_path: Path, pairs_path: Path, rounds_dir: Path, out_dir: Path, plots: Path | None
+    ctx: StageContext, records_path: Path, pairs_path: Path, out_dir: Path, plots: Path | None
 ) -> dict[str, Any]:
     cfg = ctx.params.curriculum
     records = read_records(records_path, allow_empty=True)
@@ -145,9 +145,12 @@ def run_plan(
     rounds, report, dropped = plan(cfg, records, expander)
     report["expansion_outcomes"] = dict(Counter(row["decision"] for row in expander.log))
     write_jsonl(out_dir / "expansion_log.jsonl", expander.log)
-    with atomic_dir(rounds_dir) as tmp:
-        for i, rs in enumerate(rounds, 1):
-            write_jsonl(tmp / f"r{i}.jsonl", [r.model_dump() for r in rs])
+    planned = [
+        r.model_copy(update={"metadata": r.metadata | {"planned_round": f"r{i}"}}).model_dump()
+        for i, rs in enumerate(rounds, 1)
+        for r in rs
+    ]
+    write_jsonl(out_dir / "planned.jsonl", planned)
     given = read_records(pairs_path, allow_empty=True)
     prefs = preference_pairs([r for rs in rounds for r in rs]) + given
     write_jsonl(out_dir / "preferences.jsonl", [r.model_dump() for r in prefs])
@@ -191,13 +194,12 @@ def run_plan(
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--records", type=Path, required=True, help="refined records")
     p.add_argument("--pairs", type=Path, required=True, help="preference pairs passed on by `difficulty`")
-    p.add_argument("--rounds", type=Path, required=True, help="directory for r1.jsonl, r2.jsonl, ...")
     p.add_argument("--out", type=Path, required=True, help="directory for preferences, dropped rows and the plan")
     p.add_argument("--plots", type=Path, help="directory for the `dvc plots` data")
 
 
 def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
-    return run_plan(ctx, args.records, args.pairs, args.rounds, args.out, args.plots)
+    return run_plan(ctx, args.records, args.pairs, args.out, args.plots)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,10 +27,6 @@ from tunefold.pipeline.stage import StageContext, log, stage_main
 from tunefold.pipeline.summary import md_table
 
 
-def _user_text(r: Record) -> str:
-    return next(m.content for m in reversed(r.prompt) if m.role == "user")
-
-
 def refine(ctx: StageContext, records: list[Record]) -> tuple[list[Record], dict[str, Any]]:
     if not ctx.params.curriculum.refine:
         return records, {"records": len(records), "refined": 0, "failed": 0, "enabled": False}
@@ -46,7 +42,7 @@ def refine(ctx: StageContext, records: list[Record]) -> tuple[list[Record], dict
 
     def rate(item: tuple[Record, str]) -> tuple[float | None, str | None]:
         r, text = item
-        return rate_answer(ctx.gateway, _user_text(r), text, json_output) if text else (None, "no rewrite")
+        return rate_answer(ctx.gateway, r.instruction, text, json_output) if text else (None, "no rewrite")
 
     ratings = ctx.gateway.map("judge", rate, list(zip(records, rewrites, strict=True)), desc="rate the rewrites")
     out, by_task, outcome = [], Counter(), Counter()

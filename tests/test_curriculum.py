@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tunefold.config import DEFAULT_TARGET, load_params
-from tunefold.curriculum.planning import apportion, mfd_of, rebalance, split_rounds
+from tunefold.curriculum.planning import apportion, mfd_of, pick_round, rebalance, split_rounds
 from tunefold.curriculum.synthesis import contrastive_decision
 from tunefold.data.records import Message, Record, make_record, read_records
 from tunefold.errors import InputError, ParamsError
@@ -95,6 +95,25 @@ def test_rounds_rise_in_difficulty_and_follow_the_hard_share() -> None:
         split_rounds(records[:2], [0.1, 0.5, 0.9], 0.5)
 
 
+def test_an_adaptive_round_follows_the_new_difficulty() -> None:
+    """10 records re-measured at MFD -2..7: the 3 at or below min_mfd 0 are left out as fitted; of the 7 left, hard
+    = the 4 above the median; a 5-record round at hard share 0.6 takes the 3 hardest and the 2 hardest others."""
+    records = [rec(i, "math", float(i - 2)) for i in range(10)]
+    chosen, left_out = pick_round(records, size=5, hard_share=0.6, hard_quantile=0.5, min_mfd=0.0)
+    assert [mfd_of(r) for r in chosen] == [7, 6, 5, 3, 2]
+    assert sorted(mfd_of(r) for r, _ in left_out) == [-2, -1, 0, 1, 4]
+    assert Counter(why.split(":")[0] for _, why in left_out) == {
+        "the student fits it now": 3,
+        "not among the round's 5 picks": 2,
+    }
+    # too few hard ones for the share: the others make up the size; too few records at all: a smaller round
+    chosen, _ = pick_round(records, size=5, hard_share=1.0, hard_quantile=0.5, min_mfd=0.0)
+    assert [mfd_of(r) for r in chosen] == [7, 6, 5, 4, 3]
+    chosen, left_out = pick_round(records, size=20, hard_share=0.5, hard_quantile=0.5, min_mfd=0.0)
+    assert len(chosen) == 7 and len(left_out) == 3
+    assert pick_round(records, size=5, hard_share=0.5, hard_quantile=0.5, min_mfd=10.0)[0] == []
+
+
 # --- contrastive filtering -------------------------------------------------------------------------------------
 
 
@@ -169,7 +188,12 @@ def test_roles_tell_one_model_from_several() -> None:
 
 
 def _small_params(tmp_path: Path, seeds: Path) -> Path:
+    """The run's params; its rounds are the static slices (the adaptive re-measurement needs a trained round 1: the
+    pipeline test covers it) written inside the run's directory."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["curriculum"]["plan"]["adaptive"] = False
+    for name, setting in params["train"]["rounds"].items():
+        setting["data"] = str(seeds.parents[1] / "rounds" / f"{name}.jsonl")
     params["curriculum"]["synthesize"] |= {
         "seeds": str(seeds),
         "pool_size": 2,
@@ -191,11 +215,11 @@ def _small_params(tmp_path: Path, seeds: Path) -> Path:
 
 
 def _run_chain(params: Path, clean: Path, out: Path) -> dict[str, dict[str, Any]]:
-    from tasks import annotate, difficulty, plan_curriculum, refine, synthesize
+    from tasks import annotate, curriculum_round, difficulty, plan_curriculum, refine, synthesize
 
     m = out / "metrics"
     a, s, d, r = (out / name for name in ("annotate", "synthesize", "difficulty", "refine"))
-    plan = ["--records", str(r / "records.jsonl"), "--pairs", str(d / "pairs.jsonl"), "--rounds", str(out / "rounds")]
+    plan = ["--records", str(r / "records.jsonl"), "--pairs", str(d / "pairs.jsonl")]
     calls = [
         (annotate, ["--records", str(clean), "--out", str(a), "--plot", str(m / "tasks.json")]),
         (synthesize, ["--out", str(s)]),
@@ -203,9 +227,14 @@ def _run_chain(params: Path, clean: Path, out: Path) -> dict[str, dict[str, Any]
         (refine, ["--records", str(d / "records.jsonl"), "--out", str(r)]),
         (plan_curriculum, [*plan, "--out", str(out / "plan"), "--plots", str(m)]),
     ]
+    for k in (1, 2):
+        planned = ["--planned", str(out / "plan/planned.jsonl"), "--base", str(out / "no-model")]
+        where = ["--out", str(out / f"rounds/r{k}.jsonl"), "--details", str(out / f"round_details/r{k}")]
+        calls.append((curriculum_round, ["--round", f"r{k}", *planned, *where]))
     metrics = {}
     for module, args in calls:
         name = module.__name__.rsplit(".", 1)[1]
+        name += f"_{args[1]}" if module is curriculum_round else ""
         assert module.main(["--params", str(params), "--metrics", str(m / f"{name}.json"), *args]) == 0
         metrics[name] = json.loads((m / f"{name}.json").read_text())
     return metrics
@@ -265,6 +294,10 @@ def test_stages_end_to_end_and_a_cached_rerun_is_identical(tmp_path: Path) -> No
             assert r.id in before and r.response == before[r.id].response
     rounds = [read_records(out / f"rounds/r{k}.jsonl") for k in (1, 2)]
     assert all(rounds) and not (out / "rounds/r3.jsonl").exists()
+    planned = read_records(out / "plan/planned.jsonl")
+    for k, records in enumerate(rounds, 1):  # static rounds: each is its planned slice, in order
+        assert [r.id for r in records] == [r.id for r in planned if r.metadata["planned_round"] == f"r{k}"]
+        assert first[f"curriculum_round_r{k}"]["mode"] == "planned slice (static)"
     means = [sum(map(mfd_of, r)) / len(r) for r in rounds]
     assert means[0] <= means[1]
     prefs = read_records(out / "plan/preferences.jsonl")

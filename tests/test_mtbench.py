@@ -228,12 +228,13 @@ def test_bad_question_files(tmp_path: Path) -> None:
 def test_generation_resumes_and_never_mixes_models(base_model: Path, tmp_path: Path) -> None:
     """A killed run (answers file ending in a torn line) continues with only the missing questions; answers of
     another model or setting are discarded, not mixed in."""
-    from tasks.generate import Item, _local_answerer, answer_items
-    from tunefold.config import CandidateSettings, EvalConfig
+    from tasks.generate import Item, answer_items
+    from tunefold.config import EvalConfig
+    from tunefold.eval.generation import hf_answerer
     from tunefold.eval.mtbench import answer_row
 
     cfg = EvalConfig(max_new_tokens=4, batch_size=2)
-    answer = _local_answerer(cfg, CandidateSettings(model_id="base"), base_model)
+    answer = hf_answerer(cfg, base_model, None)
     items = [Item(i, [f"Name a colour, {i}.", "Another one?"], 0.0) for i in range(3)]
     path = tmp_path / "base.jsonl"
 

@@ -55,10 +55,17 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
     assert json.loads((repo / "metrics/sft/r2.json").read_text())["steps"] == 1
     dpo = json.loads((repo / "metrics/dpo.json").read_text())
     plan = json.loads((repo / "metrics/curriculum/plan.json").read_text())
-    assert dpo["pairs"] == plan["preference_pairs"] and dpo["pairs_by_source"]["sample_prefs"] == 12
+    fractal = json.loads((repo / "metrics/fractal_pairs.json").read_text())
+    assert fractal["pairs_in"] == plan["preference_pairs"] == fractal["kept"] + fractal["dropped"]
+    assert dpo["pairs"] == fractal["kept"] and (fractal["dropped"] == 0 or fractal["filter_applied"])
+    assert dpo["pairs_by_source"]["sample_prefs"] == 12 - sum(
+        json.loads(line)["record"]["metadata"].get("source_name") == "sample_prefs"
+        for line in (repo / "data/fractal/dropped.jsonl").open()
+    )
     assert [r["round"] for r in plan["rounds"]] == ["r1", "r2"] and all(r["records"] for r in plan["rounds"])
     sft_r1 = json.loads((repo / "metrics/sft/r1.json").read_text())
     assert (repo / "data/curriculum/rounds/r1.jsonl").read_text().count("\n") == sft_r1["conversations"]
+    _check_the_adaptive_round(repo, plan)
     mt = json.loads((repo / "metrics/mt_bench.json").read_text())
     judged = mt["candidate"]["overall"]
     assert judged["judged"] + judged["failures"] == 2  # one question, two turns: every rating accounted for
@@ -83,6 +90,32 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
     assert "Data and pipelines are up to date" in run([*DVC, "status"], repo).stdout
 
 
+def _check_the_adaptive_round(repo: Path, plan: dict) -> None:
+    """Round 1 (from the base) is its planned slice; round 2 re-measured every planned instruction with the round 1
+    adapter: each MFD is the kept target score minus the new student answer's rating, the round has its planned
+    size (fitted ones left out), and every planned instruction is accounted for in the candidates file."""
+    from tunefold.data.records import read_records
+
+    planned = read_records(repo / "data/curriculum/plan/planned.jsonl")
+    r1 = read_records(repo / "data/curriculum/rounds/r1.jsonl")
+    assert [r.id for r in r1] == [r.id for r in planned if r.metadata["planned_round"] == "r1"]
+    m1 = json.loads((repo / "metrics/curriculum/round_r1.json").read_text())
+    m2 = json.loads((repo / "metrics/curriculum/round_r2.json").read_text())
+    assert m1["mode"].startswith("planned slice") and m2["mode"] == "re-measured with models/sft/r1/adapter"
+    assert m2["planned_slice"] == plan["rounds"][1]["records"]
+    r2 = read_records(repo / "data/curriculum/rounds/r2.jsonl")
+    assert 0 < len(r2) == m2["records"] <= m2["planned_slice"]
+    before = {r.id: r for r in planned}
+    for r in r2:
+        assert r.metadata["mfd"] == r.metadata["teacher_score"] - r.metadata["student_score"] > -10.0
+        assert r.metadata["mfd_planned"] == before[r.id].metadata["mfd"] and r.response == before[r.id].response
+    assert len({r.metadata["student_response"] for r in r2} - {p.metadata["student_response"] for p in planned})
+    rows = [json.loads(line) for line in (repo / "data/curriculum/round_details/r2/candidates.jsonl").open()]
+    assert sorted(row["id"] for row in rows if row["picked"]) == sorted(r.id for r in r2)
+    assert len(rows) == len(before) and all(row["picked"] or row["why"] for row in rows)
+    assert json.loads((repo / "metrics/sft/r2.json").read_text())["data_sha256"]
+
+
 def test_changing_round_two_does_not_retrain_round_one(reproduced_repo: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(reproduced_repo, repo, symlinks=True)
@@ -91,6 +124,7 @@ def test_changing_round_two_does_not_retrain_round_one(reproduced_repo: Path, tm
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run([*DVC, "repro", "dpo"], repo).stdout  # the training stages and what they need; evaluation is not asked
     assert "Stage 'sft@r1' didn't change, skipping" in out
+    assert "Stage 'curriculum_round@r2' didn't change, skipping" in out  # it reads only the round's data and init
     assert "Running stage 'sft@r2'" in out and "Running stage 'dpo'" in out
 
 
@@ -195,6 +229,9 @@ asyncio.run(main())
             "difficulty",
             "refine",
             "plan_curriculum",
+            "fractal_pairs",
+            "curriculum_round@r1",
+            "curriculum_round@r2",
             "sft@r1",
             "sft@r2",
             "dpo",

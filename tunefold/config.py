@@ -499,6 +499,12 @@ class PlanSettings(Section):
         min_length=1,
         description="share of hard instructions in each round; one entry per round (rounds r1, r2, ...)",
     )
+    adaptive: bool = Field(
+        True,
+        description="TAPIR: a round whose `init` is an earlier round's adapter re-measures the MFD of every planned "
+        "instruction with that student and trains on what it still finds hard (stage curriculum_round); false: "
+        "the rounds are fixed slices of the base model's difficulty",
+    )
 
     @field_validator("target")
     @classmethod
@@ -567,6 +573,16 @@ class FractalConfig(Section):
         lt=1,
         description="share of questions whose judged answers are not trained on; the response AUC is reported on them",
     )
+    pairs: Literal["agree", "keep"] = Field(
+        "agree",
+        description="DPO pairs through stage fractal_pairs (a scorer cross-fitted on the curriculum's judged answers "
+        "scores both sides): agree drops a pair whose chosen answer scores below its rejected one, once the "
+        "scorer's cross-fitted AUC reaches min_auc; keep only records the scores",
+    )
+    min_auc: float = Field(
+        0.6, ge=0, le=1, description="cross-fitted response AUC the scorer needs before its scores may drop a pair"
+    )
+    folds: int = Field(2, ge=2, description="cross-fitting folds of instructions (each fold scored by the others)")
     seed: int = 0
 
 

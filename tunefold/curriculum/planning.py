@@ -155,3 +155,28 @@ def round_stats(rounds: list[list[Record]], hard_threshold: float) -> list[dict[
         }
         for i, rs in enumerate(rounds, 1)
     ]
+
+
+def pick_round(
+    records: list[Record], size: int, hard_share: float, hard_quantile: float, min_mfd: float
+) -> tuple[list[Record], list[tuple[Record, str]]]:
+    """One adaptive round: `size` records chosen by the MFD just re-measured with the current student.
+
+    Records it now fits (MFD <= `min_mfd`) are left out; of the rest, hard = MFD above the `hard_quantile`
+    quantile, and the round takes `hard_share` of its size from the hard ones, the remainder from the others,
+    each hardest first (what the student is furthest from); a side short of records is made up from the other.
+    """
+    live = sorted((r for r in records if mfd_of(r) > min_mfd), key=lambda r: (-mfd_of(r), r.id))
+    dropped = [
+        (r, f"the student fits it now: MFD {mfd_of(r):g} <= min_mfd {min_mfd:g}")
+        for r in records
+        if mfd_of(r) <= min_mfd
+    ]
+    n_hard_pool = len(live) - min(len(live) - 1, math.floor(hard_quantile * len(live))) if live else 0
+    hard, easy = live[:n_hard_pool], live[n_hard_pool:]
+    n_hard = min(len(hard), round(hard_share * size))
+    n_easy = min(len(easy), size - n_hard)
+    n_hard = min(len(hard), size - n_easy)
+    chosen = hard[:n_hard] + easy[:n_easy]
+    dropped += [(r, f"not among the round's {size} picks") for r in hard[n_hard:] + easy[n_easy:]]
+    return chosen, dropped

@@ -39,7 +39,7 @@ def score_record(gw: Gateway, r: Record, use_dataset: bool, json_output: bool) -
     student = gw.answer("student", prompt)
     if target is None or student is None:
         return None, "no answer from " + ("the teacher" if target is None else "the student")
-    user_text = next(m.content for m in reversed(r.prompt) if m.role == "user")
+    user_text = r.instruction
     scores = []
     for answer in (target, student):
         score, why = rate_answer(gw, user_text, answer, json_output)

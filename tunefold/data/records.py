@@ -45,6 +45,11 @@ class Record(BaseModel):
     def response(self) -> str:
         return self.messages[-1].content
 
+    @property
+    def instruction(self) -> str:
+        """The last user turn: what an answer is rated against."""
+        return next((m.content for m in reversed(self.prompt) if m.role == "user"), "")
+
 
 def _canonical(messages: list[Message], rejected: str | None) -> str:
     body = {"messages": [[m.role, m.content] for m in messages], "rejected": rejected}

@@ -9,10 +9,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from tunefold.eval.protocol import answer_max_tokens
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tunefold.config import EvalConfig
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +112,18 @@ class Generator:
             self.tokens_generated += len(row)
             results.append(Generated(self.tokenizer.decode(row, skip_special_tokens=True).strip(), len(row), stopped))
         return results
+
+
+def hf_answerer(cfg: EvalConfig, base_dir: Path, adapter: str | None) -> Answerer:
+    """The transformers backend of base (+ `adapter`), loaded by the device plan of `eval.device`."""
+    from tunefold.train.device import plan_device
+    from tunefold.train.models import load_tokenizer, load_trained
+
+    model = load_trained(base_dir, adapter, plan_device(cfg.device))
+    gen = Generator(model, load_tokenizer(base_dir), cfg.batch_size, answer_max_tokens(cfg), cfg.seed)
+
+    def answer(convs: list[list[dict[str, str]]], temps: list[float]) -> list[tuple[str, int, bool]]:
+        out = gen.generate([Prompt(c, t) for c, t in zip(convs, temps, strict=True)])
+        return [(g.text, g.new_tokens, g.stopped) for g in out]
+
+    return answer

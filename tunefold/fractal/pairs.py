@@ -26,19 +26,28 @@ def truncated_pair(record: Record, spans: list[Span], scores: list[float], low: 
     if not first:
         return None
     chosen = record.response[: spans[first].start].rstrip()
-    meta = record.metadata | {"parent_id": record.metadata.get("parent_id", record.id),
-                              "fractal": {"kept_sentences": first, "dropped_sentences": len(spans) - first,
-                                          "first_low_score": round(scores[first], 4)}}  # fmt: skip
-    return make_record([*record.prompt, Message(role="assistant", content=chosen)], record.source,
-                       rejected=record.response, metadata=meta)  # fmt: skip
+    meta = record.metadata | {
+        "parent_id": record.metadata.get("parent_id", record.id),
+        "fractal": {
+            "kept_sentences": first,
+            "dropped_sentences": len(spans) - first,
+            "first_low_score": round(scores[first], 4),
+        },
+    }
+    return make_record(
+        [*record.prompt, Message(role="assistant", content=chosen)],
+        record.source,
+        rejected=record.response,
+        metadata=meta,
+    )
 
 
-def preference_pairs(records: list[Record], scorer: Scorer, embedder: Embedder,
-                     cfg: FractalConfig) -> tuple[list[Record], dict[str, Any]]:  # fmt: skip
+def preference_pairs(
+    records: list[Record], scorer: Scorer, embedder: Embedder, cfg: FractalConfig
+) -> tuple[list[Record], dict[str, Any]]:
     """Score the final answer of every record (context: the last user turn) and cut where it turns low."""
     candidates = [r for r in records if r.rejected is None]
-    users = [next((m.content for m in reversed(r.prompt) if m.role == "user"), "") for r in candidates]
-    responses = [Response({"id": r.id}, u, None, r.response, None) for r, u in zip(candidates, users, strict=True)]
+    responses = [Response({"id": r.id}, r.instruction, None, r.response, None) for r in candidates]
     scorable = [(rec, resp) for rec, resp in zip(candidates, responses, strict=True) if resp.spans]
     pairs: list[Record] = []
     if scorable:
@@ -50,6 +59,10 @@ def preference_pairs(records: list[Record], scorer: Scorer, embedder: Embedder,
             at += n
             if pair is not None:
                 pairs.append(pair)
-    stats = {"records": len(records), "already_pairs": len(records) - len(candidates),
-             "scored": len(scorable), "pairs": len(pairs)}  # fmt: skip
+    stats = {
+        "records": len(records),
+        "already_pairs": len(records) - len(candidates),
+        "scored": len(scorable),
+        "pairs": len(pairs),
+    }
     return pairs, stats

@@ -1,0 +1,167 @@
+"""Stage `curriculum_round@<round>`: the data of one SFT round of TAPIR's curriculum.
+
+A round that starts from the base model takes its planned slice (`plan_curriculum` measured its difficulty with that
+student). A round that starts from an earlier round's adapter, with `curriculum.plan.adaptive`, re-measures what
+the student has become: base + that adapter answers every planned instruction (in this process, on the eval
+device and backend, with `llm.student`'s sampling), the judge rates each answer with the prompt `difficulty` used,
+and MFD = the target answer's score (kept from `difficulty`/`refine`) - the new score. The round then takes as many
+records as its planned slice (the same budget as the static plan): instructions the student now fits are left
+out, `hard_share` of the round comes from the hard ones, hardest first.
+
+Outputs: --out (the round's records, the data of `train.rounds.<round>`), --details dir (candidates.jsonl: every
+planned instruction with its planned and re-measured MFD and whether it was picked, and why not; report.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tunefold.config import Params
+from tunefold.curriculum.planning import mfd_of, pick_round
+from tunefold.curriculum.rating import rate_answer
+from tunefold.curriculum.roles import noise_caveat
+from tunefold.data.records import Record, read_records
+from tunefold.errors import InputError
+from tunefold.eval.generation import Answerer
+from tunefold.io import write_jsonl, write_text
+from tunefold.pipeline.stage import StageContext, log, stage_main
+from tunefold.pipeline.summary import md_table
+
+CHUNK = 64  # prompts per generation call: a progress line each, and a bounded batch for the transformers backend
+
+
+def student_answerer(params: Params, base_dir: Path, adapter: str) -> Answerer:
+    """base + `adapter` with the student's sampling settings, on the backend `generate` would use."""
+    student = params.llm.student
+    cfg = params.eval.model_copy(
+        update={"protocol": "quick", "max_new_tokens": student.max_tokens, "seed": student.seed or 0}
+    )
+    if cfg.local_backend == "vllm":
+        from tunefold.eval.vllm_engine import VllmEngine
+
+        return VllmEngine(base_dir, cfg, [adapter]).answerer(adapter)
+    from tunefold.eval.generation import hf_answerer
+
+    return hf_answerer(cfg, base_dir, adapter)
+
+
+def remeasure(ctx: StageContext, records: list[Record], answer: Answerer) -> list[tuple[Record, str | None]]:
+    """Each distinct planned record with the current student's answer, its rating and the new MFD (or None and why
+    it could not be measured)."""
+    temperature = ctx.params.llm.student.temperature
+    convs = [[{"role": m.role, "content": m.content} for m in r.prompt] for r in records]
+    answers: list[str] = []
+    for start in range(0, len(convs), CHUNK):
+        part = convs[start : start + CHUNK]
+        answers += [text for text, _, _ in answer(part, [temperature] * len(part))]
+        log.info("student answers: %d/%d", len(answers), len(convs))
+    json_output = ctx.params.eval.judge_output == "json"
+
+    def rate(item: tuple[Record, str]) -> tuple[Record, str | None]:
+        r, text = item
+        teacher = r.metadata.get("teacher_score")
+        if teacher is None:
+            return r, "no target-answer score from `difficulty`"
+        score, why = rate_answer(ctx.gateway, r.instruction, text, json_output)
+        if score is None:
+            return r, why
+        now = {"student_response": text, "student_score": score, "mfd": float(teacher) - score}
+        return r.model_copy(update={"metadata": r.metadata | now | {"mfd_planned": mfd_of(r)}}), None
+
+    return ctx.gateway.map("judge", rate, list(zip(records, answers, strict=True)), desc="MFD (re-measured)")
+
+
+def run_round(ctx: StageContext, name: str, planned_path: Path, base_dir: Path, out: Path, details: Path) -> dict:
+    p = ctx.params
+    rounds = [f"r{k}" for k in range(1, len(p.curriculum.plan.hard_share) + 1)]
+    setting = p.train.rounds[name] if p.train and name in p.train.rounds else None
+    if setting is None or Path(setting.data).resolve() != out.resolve():
+        write_jsonl(out, [])
+        write_jsonl(details / "candidates.jsonl", [])
+        trains_on = setting.data if setting else "nothing (not in train.rounds)"
+        write_text(details / "report.md", f"### Curriculum round {name}\n\nThe round trains on {trains_on}.\n")
+        return {"round": name, "mode": "not a curriculum round", "records": 0}
+    planned = read_records(planned_path)
+    mine = [r for r in planned if r.metadata.get("planned_round") == name]
+    init = setting.init
+    from_base = Path(init).resolve() == base_dir.resolve()
+    rows: list[dict[str, Any]] = []
+    if from_base or not p.curriculum.plan.adaptive:
+        chosen, mode = mine, "planned slice (" + ("the base model is the student" if from_base else "static") + ")"
+        rows = [{"id": r.id, "mfd_planned": mfd_of(r), "picked": True} for r in mine]
+    else:
+        distinct = list({r.id: r for r in planned}.values())
+        log.info("%s: re-measuring %d planned instructions with the student %s", name, len(distinct), init)
+        measured = remeasure(ctx, distinct, student_answerer(p, base_dir, init))
+        unmeasured = [(r, why) for r, why in measured if why is not None]
+        chosen, left_out = pick_round(
+            [r for r, why in measured if why is None],
+            len(mine),
+            p.curriculum.plan.hard_share[rounds.index(name)],
+            p.curriculum.plan.hard_quantile,
+            p.curriculum.difficulty.min_mfd,
+        )
+        if not chosen:
+            raise InputError(
+                f"round {name}: the student {init} fits every planned instruction (or none could be rated); "
+                "nothing is left to train on: lower curriculum.difficulty.min_mfd or set curriculum.plan.adaptive "
+                "false"
+            )
+        mode = f"re-measured with {init}"
+        for r in chosen:
+            rows.append({"id": r.id, "mfd_planned": r.metadata["mfd_planned"], "mfd": mfd_of(r), "picked": True})
+        for r, why in left_out:
+            rows.append(
+                {"id": r.id, "mfd_planned": r.metadata["mfd_planned"], "mfd": mfd_of(r), "picked": False, "why": why}
+            )
+        rows += [{"id": r.id, "mfd_planned": mfd_of(r), "picked": False, "why": why} for r, why in unmeasured]
+    write_jsonl(out, [r.model_dump() for r in chosen])
+    write_jsonl(details / "candidates.jsonl", rows)
+    again = sum(r.metadata.get("planned_round") not in (None, name) for r in chosen)
+    metrics = {
+        "round": name,
+        "mode": mode,
+        "planned_slice": len(mine),
+        "records": len(chosen),
+        "from_other_slices": again,
+        "mean_mfd": round(sum(map(mfd_of, chosen)) / len(chosen), 3) if chosen else None,
+        "mean_mfd_planned": round(sum(map(mfd_of, mine)) / len(mine), 3) if mine else None,
+        "left_out": dict(Counter(row["why"].split(":")[0] for row in rows if not row["picked"])),
+    }
+    write_text(
+        details / "report.md",
+        f"### Curriculum round {name} (TAPIR)\n\n{noise_caveat(p.llm)}{len(chosen)} records, {mode}; "
+        f"{again} of them were planned for another round.\n\n"
+        + md_table(["id", "planned MFD", "MFD now", "picked", "why not"], [_row(r) for r in rows])
+        + "\n",
+    )
+    log.info("%s: %d records (%s), mean MFD %s", name, len(chosen), mode, metrics["mean_mfd"])
+    return metrics
+
+
+def _row(row: dict[str, Any]) -> list[Any]:
+    return [row["id"], row["mfd_planned"], row.get("mfd", ""), row["picked"], row.get("why", "")]
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--round", required=True, help="the round's name (a key of train.rounds, r1, r2, ...)")
+    p.add_argument("--planned", type=Path, required=True, help="plan_curriculum's planned.jsonl")
+    p.add_argument("--base", type=Path, required=True, help="the base model directory")
+    p.add_argument("--out", type=Path, required=True, help="the round's records JSONL")
+    p.add_argument("--details", type=Path, required=True, help="directory for candidates.jsonl and report.md")
+
+
+def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
+    return run_round(ctx, args.round, args.planned, args.base, args.out, args.details)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("curriculum_round", __doc__ or "", _args, _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
