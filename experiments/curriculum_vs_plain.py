@@ -48,6 +48,7 @@ def arm_params(base: dict[str, Any], arm: str, steps: int, args: argparse.Namesp
         adapter = "models/sft/r2/adapter"
     p["dpo"]["init"] = adapter  # DPO is not part of this comparison; keeps the params consistent
     p["eval"]["candidate"] = {"model_id": f"sft-{arm}", "adapter": adapter}
+    p["eval"]["baseline"] = {"model_id": "base", "adapter": "models/base"}  # every arm has it; answered once
     p["eval"]["mt_bench"] |= {"question_ids": args.questions, "pairwise": False}
     p["eval"]["max_new_tokens"] = args.max_new_tokens
     p["curriculum"]["difficulty"]["max_instructions"] = args.max_instructions

@@ -87,7 +87,8 @@ def test_first_cycle_promotes_records_and_tags(promoted_repo: Path, tmp_path: Pa
         "data/sample/preferences.jsonl",
     }
     assert lineage["code_commit"] and lineage["chat_template"] and lineage["adapter"]["hash"]
-    assert "data/curriculum/rounds" in lineage["curriculum"] and lineage["judge"]["mt_bench"]
+    rounds = {"data/curriculum/rounds/r1.jsonl", "data/curriculum/rounds/r2.jsonl", "data/curriculum/plan"}
+    assert rounds <= set(lineage["curriculum"]) and lineage["judge"]["mt_bench"]
     assert "tunefold-single" in lineage["judge_prompts"] and "flask" in lineage["judge_prompts"]
     data = lineage["training_data"]  # what each training stage read, hashed when it trained
     assert set(data) == {"r1", "r2", "dpo"} and all(h and len(h) == 16 for h in data.values()), data

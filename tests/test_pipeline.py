@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, prefect_home, prefect_server_at, run
+from tunefold.data.records import read_records
 from tunefold.pipeline.dag import StageGraph
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -65,7 +67,12 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
     assert [r["round"] for r in plan["rounds"]] == ["r1", "r2"] and all(r["records"] for r in plan["rounds"])
     sft_r1 = json.loads((repo / "metrics/sft/r1.json").read_text())
     assert (repo / "data/curriculum/rounds/r1.jsonl").read_text().count("\n") == sft_r1["conversations"]
-    _check_the_adaptive_round(repo, plan)
+    planned = read_records(repo / "data/curriculum/plan/planned.jsonl")
+    for name in ("r1", "r2"):  # static rounds (the suite's params): each is its planned slice
+        rows = read_records(repo / f"data/curriculum/rounds/{name}.jsonl")
+        assert [r.id for r in rows] == [r.id for r in planned if r.metadata["planned_round"] == name]
+        m = json.loads((repo / f"metrics/curriculum/round_{name}.json").read_text())
+        assert m["mode"].startswith("planned slice") and m["records"] == len(rows)
     mt = json.loads((repo / "metrics/mt_bench.json").read_text())
     judged = mt["candidate"]["overall"]
     assert judged["judged"] + judged["failures"] == 2  # one question, two turns: every rating accounted for
@@ -90,12 +97,19 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
     assert "Data and pipelines are up to date" in run([*DVC, "status"], repo).stdout
 
 
-def _check_the_adaptive_round(repo: Path, plan: dict) -> None:
-    """Round 1 (from the base) is its planned slice; round 2 re-measured every planned instruction with the round 1
-    adapter: each MFD is the kept target score minus the new student answer's rating, the round has its planned
-    size (fitted ones left out), and every planned instruction is accounted for in the candidates file."""
-    from tunefold.data.records import read_records
-
+def test_an_adaptive_round_remeasures_with_the_previous_rounds_student(reproduced_repo: Path, tmp_path: Path) -> None:
+    """With curriculum.plan.adaptive, round 1 (from the base) is still its planned slice; round 2 re-measures every
+    planned instruction with the round 1 adapter: each MFD is the kept target score minus the new student answer's
+    rating, the round has at most its planned size (fitted ones left out), and every planned instruction is
+    accounted for in the candidates file; sft@r2 then trains on it."""
+    repo = tmp_path / "repo"
+    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["curriculum"]["plan"]["adaptive"] = True
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run([*DVC, "repro", "sft@r2"], repo).stdout
+    assert "Running stage 'curriculum_round@r2'" in out and "Stage 'sft@r1' didn't change, skipping" in out
+    plan = json.loads((repo / "metrics/curriculum/plan.json").read_text())
     planned = read_records(repo / "data/curriculum/plan/planned.jsonl")
     r1 = read_records(repo / "data/curriculum/rounds/r1.jsonl")
     assert [r.id for r in r1] == [r.id for r in planned if r.metadata["planned_round"] == "r1"]
@@ -113,7 +127,9 @@ def _check_the_adaptive_round(repo: Path, plan: dict) -> None:
     rows = [json.loads(line) for line in (repo / "data/curriculum/round_details/r2/candidates.jsonl").open()]
     assert sorted(row["id"] for row in rows if row["picked"]) == sorted(r.id for r in r2)
     assert len(rows) == len(before) and all(row["picked"] or row["why"] for row in rows)
-    assert json.loads((repo / "metrics/sft/r2.json").read_text())["data_sha256"]
+    trained = json.loads((repo / "metrics/sft/r2.json").read_text())
+    digest = hashlib.sha256((repo / "data/curriculum/rounds/r2.jsonl").read_bytes()).hexdigest()[:16]
+    assert trained["conversations"] == len(r2) and trained["data_sha256"] == digest
 
 
 def test_changing_round_two_does_not_retrain_round_one(reproduced_repo: Path, tmp_path: Path) -> None:
