@@ -2,10 +2,10 @@
 preference pool (`dpo.data_fraction`, tunefold/data/subsets.py), each evaluated by the pipeline's own stages against
 DPO's starting point, as `dvc exp` experiments of this checkout (only `dpo` and what follows re-run).
 
-    python bench/dpo_sweep.py run --fractions 0.2 0.4 0.6 0.8   # queue and run them; HEAD's own run is the 1.0 point
+    python bench/dpo_sweep.py run --fractions 0.2 0.4 0.6 0.8   # run them; HEAD's own run is the 1.0 point
     python bench/dpo_sweep.py show --plot bench/dpo_sweep.png   # the Markdown table of HEAD and every experiment
 
-`run` is `dvc exp run --queue -S dpo.data_fraction=F` per fraction, then `dvc exp run --run-all`; `show` reads each
+`run` is `dvc exp run -S dpo.data_fraction=F` per fraction, in this workspace (see `run`); `show` reads each
 experiment's committed metrics from its git ref, so it needs nothing but the refs.
 """
 
@@ -30,11 +30,18 @@ def _run(cmd: list[str]) -> str:
 
 
 def run(fractions: list[float]) -> None:
-    for f in fractions:
-        print(f"queueing dpo.data_fraction={f}", flush=True)
-        _run([sys.executable, "-m", "dvc", "exp", "run", "--queue", "-S", f"dpo.data_fraction={f}"])
-    print("running the queue (one at a time)", flush=True)
-    _run([sys.executable, "-m", "dvc", "exp", "run", "--run-all", "--jobs", "1"])
+    """One `dvc exp run` per fraction in this workspace, one after the other: a queued or `--temp` experiment runs
+    in a fresh clone without the untracked gateway cache (`llm.cache_dir`), so it would re-ask the judge about the
+    baseline's unchanged answers. The workspace must be clean; it is back at HEAD's outputs afterwards."""
+    if _run(["git", "status", "--porcelain", "--untracked-files=no"]).strip():
+        sys.exit("dpo_sweep: commit or stash your changes first (each experiment is recorded against HEAD)")
+    try:
+        for f in fractions:
+            print(f"dvc exp run -S dpo.data_fraction={f}", flush=True)
+            _run([sys.executable, "-m", "dvc", "exp", "run", "-S", f"dpo.data_fraction={f}"])
+    finally:
+        _run(["git", "checkout", "--", "."])
+        _run([sys.executable, "-m", "dvc", "checkout", "--quiet"])
 
 
 def _at(rev: str, path: str) -> Any:
@@ -132,7 +139,7 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="queue one experiment per fraction and run them")
+    r = sub.add_parser("run", help="one experiment per fraction, run one after the other")
     r.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8])
     s = sub.add_parser("show", help="print the table of HEAD and every experiment")
     s.add_argument("--plot", type=Path, help="also save the plot here (PNG)")
