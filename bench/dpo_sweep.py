@@ -29,7 +29,7 @@ def _run(cmd: list[str]) -> str:
     return subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
 
 
-def run(fractions: list[float]) -> None:
+def run(fractions: list[float], extra: list[str]) -> None:
     """One `dvc exp run` per fraction in this workspace, one after the other: a queued or `--temp` experiment runs
     in a fresh clone without the untracked gateway cache (`llm.cache_dir`), so it would re-ask the judge about the
     baseline's unchanged answers. The workspace must be clean; it is back at HEAD's outputs afterwards."""
@@ -38,7 +38,8 @@ def run(fractions: list[float]) -> None:
     try:
         for f in fractions:
             print(f"dvc exp run -S dpo.data_fraction={f}", flush=True)
-            _run([sys.executable, "-m", "dvc", "exp", "run", "-S", f"dpo.data_fraction={f}"])
+            sets = [x for kv in [f"dpo.data_fraction={f}", *extra] for x in ("-S", kv)]
+            _run([sys.executable, "-m", "dvc", "exp", "run", *sets])
     finally:
         _run(["git", "checkout", "--", "."])
         _run([sys.executable, "-m", "dvc", "checkout", "--quiet"])
@@ -80,12 +81,11 @@ def point(rev: str) -> dict[str, Any]:
     }
 
 
-def experiments() -> list[str]:
-    """HEAD and the experiments whose baseline is HEAD (DVC names their refs refs/exps/<baseline sha>/<name>)."""
-    head = _run(["git", "rev-parse", "HEAD"]).strip()
+def experiments(baseline: str) -> list[str]:
+    """The baseline commit and the experiments run on it (DVC names their refs refs/exps/<baseline sha>/<name>)."""
+    sha = _run(["git", "rev-parse", baseline]).strip()
     rows = _run(["git", "for-each-ref", "refs/exps", "--format", "%(refname) %(objectname)"]).splitlines()
-    mine = [sha for ref, sha in (row.split() for row in rows) if "".join(ref.split("/")[2:4]) == head]
-    return ["HEAD", *mine]
+    return [sha, *(exp for ref, exp in (row.split() for row in rows) if "".join(ref.split("/")[2:4]) == sha)]
 
 
 COLUMNS = [
@@ -141,13 +141,21 @@ def main() -> None:
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="one experiment per fraction, run one after the other")
     r.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8])
-    s = sub.add_parser("show", help="print the table of HEAD and every experiment")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another param for every experiment, e.g. dpo.learning_rate=5e-4 (then also run fraction 1.0)",
+    )
+    s = sub.add_parser("show", help="print the table of the baseline commit and every experiment run on it")
     s.add_argument("--plot", type=Path, help="also save the plot here (PNG)")
+    s.add_argument("--baseline", default="HEAD", help="the commit the experiments were run on (default: HEAD)")
     args = ap.parse_args()
     if args.command == "run":
-        run(args.fractions)
+        run(args.fractions, args.set)
         return
-    points = [point(rev) for rev in experiments()]
+    points = [point(rev) for rev in experiments(args.baseline)]
     print(table(points))
     if args.plot:
         plot(points, args.plot)
