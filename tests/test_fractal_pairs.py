@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -122,3 +123,20 @@ def test_the_stage_drops_only_what_a_trusted_scorer_disputes(tmp_path: Path) -> 
     blind, out = _stage(tmp_path / "blind", same, pairs)
     assert blind["auc_crossfit"] == 0.5 and not blind["filter_applied"] and blind["kept"] == 3
     assert "below min_auc" in (out / "report.md").read_text()
+
+
+def test_no_judged_answer_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`difficulty` rated nothing (every instruction unscored): one line saying so, exit 2, no traceback."""
+    judged_dir = tmp_path / "difficulty"
+    judged_dir.mkdir()
+    (judged_dir / "records.jsonl").write_text("")
+    unscored = judged("Never rated?", "x", "y").model_copy(update={"metadata": {}})
+    row = {"record": unscored.model_dump(), "kind": "not scored", "reason": "judge reply failed"}
+    (judged_dir / "dropped.jsonl").write_text(json.dumps(row) + "\n")
+    prefs = tmp_path / "preferences.jsonl"
+    prefs.write_text(pair("Q?", "A.", "B.").model_dump_json() + "\n")
+    argv = ["--params", str(ROOT / "params.yaml"), "--judged", str(judged_dir), "--pairs", str(prefs)]
+    assert fractal_pairs_main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to learn sentence scores from" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "preferences.jsonl").exists()  # no half-made DPO data
