@@ -26,7 +26,6 @@ from tunefold.curriculum.rating import rate_answer
 from tunefold.curriculum.roles import noise_caveat
 from tunefold.data.records import Record, read_records
 from tunefold.errors import InputError
-from tunefold.eval.generation import Answerer
 from tunefold.io import write_jsonl, write_text
 from tunefold.pipeline.stage import StageContext, log, stage_main
 from tunefold.pipeline.summary import md_table
@@ -34,8 +33,9 @@ from tunefold.pipeline.summary import md_table
 CHUNK = 64  # prompts per generation call: a progress line each, and a bounded batch for the transformers backend
 
 
-def student_answerer(params: Params, base_dir: Path, adapter: str) -> Answerer:
-    """base + `adapter` with the student's sampling settings, on the backend `generate` would use."""
+def student_answers(params: Params, base_dir: Path, adapter: str, records: list[Record]) -> list[str]:
+    """base + `adapter` answers each record's prompt with the student's sampling settings, on the backend `generate`
+    would use. The model is held only while answering: nothing of it is referenced once the judge is asked."""
     student = params.llm.student
     cfg = params.eval.model_copy(
         update={"protocol": "quick", "max_new_tokens": student.max_tokens, "seed": student.seed or 0}
@@ -43,22 +43,23 @@ def student_answerer(params: Params, base_dir: Path, adapter: str) -> Answerer:
     if cfg.local_backend == "vllm":
         from tunefold.eval.vllm_engine import VllmEngine
 
-        return VllmEngine(base_dir, cfg, [adapter]).answerer(adapter)
-    from tunefold.eval.generation import hf_answerer
+        answer = VllmEngine(base_dir, cfg, [adapter]).answerer(adapter)
+    else:
+        from tunefold.eval.generation import hf_answerer
 
-    return hf_answerer(cfg, base_dir, adapter)
-
-
-def remeasure(ctx: StageContext, records: list[Record], answer: Answerer) -> list[tuple[Record, str | None]]:
-    """Each distinct planned record with the current student's answer, its rating and the new MFD (or None and why
-    it could not be measured)."""
-    temperature = ctx.params.llm.student.temperature
+        answer = hf_answerer(cfg, base_dir, adapter)
     convs = [[{"role": m.role, "content": m.content} for m in r.prompt] for r in records]
     answers: list[str] = []
     for start in range(0, len(convs), CHUNK):
         part = convs[start : start + CHUNK]
-        answers += [text for text, _, _ in answer(part, [temperature] * len(part))]
+        answers += [text for text, _, _ in answer(part, [student.temperature] * len(part))]
         log.info("student answers: %d/%d", len(answers), len(convs))
+    return answers
+
+
+def remeasure(ctx: StageContext, records: list[Record], answers: list[str]) -> list[tuple[Record, str | None]]:
+    """Each record with the current student's answer, its rating and the new MFD (or None and why it could not be
+    measured)."""
     json_output = ctx.params.eval.judge_output == "json"
 
     def rate(item: tuple[Record, str]) -> tuple[Record, str | None]:
@@ -96,7 +97,7 @@ def run_round(ctx: StageContext, name: str, planned_path: Path, base_dir: Path, 
     else:
         distinct = list({r.id: r for r in planned}.values())
         log.info("%s: re-measuring %d planned instructions with the student %s", name, len(distinct), init)
-        measured = remeasure(ctx, distinct, student_answerer(p, base_dir, init))
+        measured = remeasure(ctx, distinct, student_answers(p, base_dir, init, distinct))
         unmeasured = [(r, why) for r, why in measured if why is not None]
         chosen, left_out = pick_round(
             [r for r, why in measured if why is None],
@@ -134,7 +135,7 @@ def run_round(ctx: StageContext, name: str, planned_path: Path, base_dir: Path, 
     }
     write_text(
         details / "report.md",
-        f"### Curriculum round {name} (TAPIR)\n\n{noise_caveat(p.llm)}{len(chosen)} records, {mode}; "
+        f"### Curriculum round {name} (TAPIR)\n\n{noise_caveat(p.llm)}{len(chosen)} record(s), {mode}; "
         f"{again} of them were planned for another round.\n\n"
         + md_table(["id", "planned MFD", "MFD now", "picked", "why not"], [_row(r) for r in rows])
         + "\n",
