@@ -10,6 +10,7 @@ scorer that cannot tell good answers from bad ones drops nothing, and the report
 
 Outputs (in --out): preferences.jsonl (the DPO data; each pair with its `fractal` scores), dropped.jsonl (pair +
 reason), answers.jsonl (each judged training answer's out-of-fold score), report.md. pairs in = kept + dropped.
+--scorer: a scorer trained on every judged answer, which `sentence_scores` applies to the benchmark's answers.
 """
 
 from __future__ import annotations
@@ -33,13 +34,17 @@ def _judged(difficulty_dir: Path) -> list[Record]:
     return kept + dropped
 
 
-def run_fractal_pairs(ctx: StageContext, difficulty_dir: Path, pairs_path: Path, out_dir: Path) -> dict[str, Any]:
+def run_fractal_pairs(
+    ctx: StageContext, difficulty_dir: Path, pairs_path: Path, out_dir: Path, scorer_path: Path
+) -> dict[str, Any]:
     from tunefold.fractal.embed import Embedder
 
     cfg = ctx.params.fractal
     answers = judged_answers(_judged(difficulty_dir))
     embedder = Embedder(cfg.embedding_model, cfg.embedding_batch_size)
     fit = crossfit(answers, embedder, cfg)
+    fit.full.meta |= {"trained_on": f"{fit.stats['full']['trained_on']} judged answers of stage difficulty"}
+    fit.full.save(scorer_path)
     pairs = read_records(pairs_path, allow_empty=True)
     scored = pair_scores(pairs, fit, embedder, cfg)
     auc = fit.stats["auc_crossfit"]
@@ -76,6 +81,7 @@ def run_fractal_pairs(ctx: StageContext, difficulty_dir: Path, pairs_path: Path,
         "auc_crossfit": auc,
         "auc_answers": fit.stats["auc_answers"],
         "folds": fit.stats["folds"],
+        "scorer": fit.stats["full"],
         "pairs_in": len(pairs),
         "pairs_scored": sum(s is not None for s in scored),
         "pairs_disagreeing": disagree,
@@ -102,10 +108,11 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judged", type=Path, required=True, help="the difficulty stage's output directory")
     p.add_argument("--pairs", type=Path, required=True, help="preference pairs (plan_curriculum's preferences.jsonl)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--scorer", type=Path, required=True, help="where to save the scorer trained on every answer (.pt)")
 
 
 def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
-    return run_fractal_pairs(ctx, args.judged, args.pairs, args.out)
+    return run_fractal_pairs(ctx, args.judged, args.pairs, args.out, args.scorer)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """FRACTAL: splitter hard cases, aggregations, pseudo-labels, the scorer against known sentence truth, bad input,
-preference pairs, and the `sentence_scores` stage end to end on hand-written judgments (no LLM needed)."""
+and the `sentence_scores` stage end to end on hand-written judgments with a training-side scorer (no LLM needed)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import yaml
 from tasks.report import build_summary, render
 from tasks.sentence_scores import main as sentence_scores_main
 from tunefold.config import FractalConfig
-from tunefold.data.records import Message, Record, make_record, read_records
 from tunefold.errors import InputError
 from tunefold.fractal.aggregate import pseudo_labels, soft_aggregate
 from tunefold.fractal.auc import auc_roc
+from tunefold.fractal.bags import Response, to_bags
+from tunefold.fractal.embed import Embedder
 from tunefold.fractal.highlight import lowest_sentences
-from tunefold.fractal.pairs import preference_pairs, truncated_pair
 from tunefold.fractal.scorer import BagData, Scorer, mlp, train_scorer
 from tunefold.fractal.split import split_sentences, split_spans
 
@@ -184,53 +184,6 @@ def test_all_same_labels_fall_back_to_priors(caplog: pytest.LogCaptureFixture) -
         train_scorer(unlabelled, cfg)
 
 
-def test_truncated_pair() -> None:
-    answer = "Paris is the capital of France. It lies on the Seine.\n\nIts population is 90 million. Visit it."
-    record = make_record(
-        [Message(role="user", content="Tell me about Paris."), Message(role="assistant", content=answer)], "t.jsonl:1"
-    )
-    spans = split_spans(answer)
-    pair = truncated_pair(record, spans, [0.9, 0.8, 0.1, 0.7], low=0.5)
-    assert pair is not None
-    assert pair.response == "Paris is the capital of France. It lies on the Seine." and pair.rejected == answer
-    assert pair.prompt == record.prompt and pair.metadata["parent_id"] == record.id
-    assert pair.metadata["fractal"] == {"kept_sentences": 2, "dropped_sentences": 2, "first_low_score": 0.1}
-    assert truncated_pair(record, spans, [0.2, 0.9, 0.9, 0.9], low=0.5) is None  # nothing good to keep
-    assert truncated_pair(record, spans, [0.9, 0.9, 0.9, 0.6], low=0.5) is None  # nothing low
-
-
-class _KeywordEmbedder:
-    """Stands in for the sentence encoder: [1, 0] for a text saying 'wrong', else [0, 1]."""
-
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        return torch.tensor([[1.0, 0.0] if "wrong" in t else [0.0, 1.0] for t in texts])
-
-
-def test_preference_pairs_from_a_known_scorer() -> None:
-    linear = mlp(6, 1, 0)  # score = sigmoid(-6·[wrong] + 6·[other]); the context parts weigh nothing
-    with torch.no_grad():
-        linear[0].weight.copy_(torch.tensor([[-6.0, 6.0, 0.0, 0.0, 0.0, 0.0]]))
-        linear[0].bias.zero_()
-    scorer = Scorer(linear, {})
-
-    def rec(answer: str, rejected: str | None = None) -> Record:
-        msgs = [Message(role="user", content="Q?"), Message(role="assistant", content=answer)]
-        return make_record(msgs, "x.jsonl:1", rejected=rejected)
-
-    records = [
-        rec("Good start. Still good.\n\n- this is wrong\n- fine again"),
-        rec("That is wrong. Good."),
-        rec("All good. Really."),
-        rec("Fine. This is wrong.", rejected="Bad."),
-        rec(""),
-    ]
-    pairs, stats = preference_pairs(records, scorer, _KeywordEmbedder(), FractalConfig())  # type: ignore[arg-type]
-    assert [(p.response, p.rejected) for p in pairs] == [("Good start. Still good.", records[0].response)]
-    meta = pairs[0].metadata["fractal"]
-    assert (meta["kept_sentences"], meta["dropped_sentences"]) == (2, 2) and meta["first_low_score"] < 0.01
-    assert stats == {"records": 5, "already_pairs": 1, "scored": 3, "pairs": 1}
-
-
 # --- the stage, end to end, on hand-written files --------------------------------------------------------------
 
 QUESTIONS = [
@@ -284,7 +237,7 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _workspace(tmp: Path, ratings: dict[tuple[str, int, int], int], answers: dict = ANSWERS, **fractal) -> Path:
+def _workspace(tmp: Path, ratings: dict[tuple[str, int, int], int], answers: dict = ANSWERS) -> Path:
     _jsonl(tmp / "q.jsonl", QUESTIONS)
     _jsonl(tmp / "ref.jsonl", REFERENCES)
     for model, by_q in answers.items():
@@ -308,34 +261,32 @@ def _workspace(tmp: Path, ratings: dict[tuple[str, int, int], int], answers: dic
             for (m, q, t), s in ratings.items()
         ],
     )
-    # the candidate's turn-1 answers without a reference as training records: same context, same scores
-    records = _jsonl(
-        tmp / "records.jsonl",
-        [
-            json.loads(
-                make_record(
-                    [
-                        Message(role="user", content=QUESTIONS[q - 1]["turns"][0]),
-                        Message(role="assistant", content=answers["candidate"][q][0]),
-                    ],
-                    f"r.jsonl:{q}",
-                ).model_dump_json()
-            )
-            for q in (1, 3)
-        ],
-    )
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["eval"]["mt_bench"] |= {"questions": str(tmp / "q.jsonl"), "references": str(tmp / "ref.jsonl")}
-    params["fractal"] = {
-        "epochs": 300,  # learns the labels: q1 gets a high then a low sentence, so a pair is cut
-        "seed": 4,  # holds out question 2 (rated good and poor answers: the held-out AUC is defined), trains on q1
-        "hidden_dim": 32,
-        "preference_pairs": True,
-        "pairs_from": str(records),
-        **fractal,
-    }
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp
+
+
+# training-side judged answers (what `fractal_pairs` learns from): on-topic answers rated good, answers that drift
+# off the question rated poor
+TRAINING = [
+    ("How do I keep a drink cold?", "Use an insulated steel bottle. Fill it with ice first.", 9),
+    ("How do I keep a drink cold?", "Use an insulated bottle. My cat likes cardboard boxes.", 3),
+    ("What is 5 + 5?", "5 + 5 = 10.", 9),
+    ("What is 5 + 5?", "The answer is 11. Numbers are fun to draw.", 2),
+    ("Why is grass green?", "Chlorophyll absorbs red and blue light and reflects green.", 8),
+    ("Why is grass green?", "Grass is green. I had pizza for lunch yesterday.", 2),
+]
+
+
+def _training_scorer(tmp: Path) -> Path:
+    """The scorer as `fractal_pairs` saves it, trained on TRAINING with the real sentence encoder."""
+    cfg = FractalConfig(hidden_dim=32, epochs=100)
+    answers = [Response({"id": str(i)}, q, None, a, s / 10) for i, (q, a, s) in enumerate(TRAINING)]
+    scorer, _ = train_scorer(to_bags(answers, Embedder(), cfg), cfg)
+    scorer.meta |= {"trained_on": f"{len(TRAINING)} hand-written training answers"}
+    scorer.save(tmp / "scorer.pt")
+    return tmp / "scorer.pt"
 
 
 def _flask_files(tmp: Path) -> list[str]:
@@ -385,11 +336,15 @@ def _run_stage(tmp: Path, *extra: str) -> int:
     )
 
 
-def test_stage_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_stage_scores_the_benchmark_with_the_training_side_scorer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ws = _workspace(tmp_path, RATINGS)
+    trained = _training_scorer(ws).read_bytes()
     flask = _flask_files(ws)
     with caplog.at_level(logging.INFO, logger="tunefold"):
         assert _run_stage(ws, *flask) == 0
+    assert (ws / "scorer.pt").read_bytes() == trained  # applied, never trained on the benchmark
     rows = [json.loads(x) for x in (ws / "out" / "scores.jsonl").read_text().splitlines()]
     assert len(rows) == len(RATINGS) + 4  # every judged answer, the empty and the unparsed ones included
     by_key = {(r["model"], r["question_id"], r["turn"]): r for r in rows if r["source"] == "mt_bench"}
@@ -400,35 +355,21 @@ def test_stage_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
     assert first["response_score"] == min(s["score"] for s in first["sentences"])  # aggregation: min
     assert by_key[("base", 1, 2)]["label"] is None and by_key[("base", 1, 2)]["sentences"]  # parse failure: scored
     assert by_key[("candidate", 3, 2)]["sentences"] == []  # empty answer
+    # the scores are the saved scorer's (question 1 has no reference: the context is the question alone)
+    answer = Response({}, QUESTIONS[0]["turns"][0], None, ANSWERS["candidate"][1][0], None)
+    expected = Scorer.load(ws / "scorer.pt").predict(to_bags([answer], Embedder(), FractalConfig())).tolist()
+    assert [s["score"] for s in first["sentences"]] == pytest.approx(expected, abs=1e-3)
     metrics = json.loads((ws / "m.json").read_text())
     assert metrics["answers"] == 16 and metrics["parse_failures"] == 3 and metrics["empty_answers"] == 1
-    # every answer to a held-out question (both models, both turns) is out of training, and nothing else is
-    by_question: dict[tuple, set] = {}
-    for r in rows:
-        by_question.setdefault((r["source"], r.get("question_id"), r.get("idx")), set()).add(r["heldout"])
-    assert all(len(flags - {None}) == 1 for flags in by_question.values()), by_question
-    held = [r for r in rows if r["heldout"]]
-    assert held and metrics["heldout_answers"] == len(held)
-    trained = [r for r in rows if r["heldout"] is False and r["label"] is not None]
-    assert metrics["one_sentence_answers"] == 4 and metrics["train"]["responses"] == len(trained) < 12
-    assert {(r["source"], r.get("question_id")) for r in held} == {("mt_bench", 2)}
-    assert 0 <= metrics["response_auc_heldout"] <= 1 and 0 <= metrics["response_auc_train"] <= 1
+    assert metrics["scorer"]["trained_on"] == "6 hand-written training answers"
+    rated = [r for r in rows if r["label"] is not None and r["response_score"] is not None]
+    assert metrics["response_auc_answers"] == len(rated) == 12  # 16 less 3 unrated less 1 empty
+    auc = auc_roc([int(r["label"]) for r in rated], [r["response_score"] for r in rated])
+    assert metrics["response_auc"] == round(auc, 4)
     flask_rows = {(r["model"], r["idx"]): r for r in rows if r["source"] == "flask"}
     assert flask_rows[("candidate", 0)]["judge_score"] == 0.9 and flask_rows[("candidate", 0)]["label"] == 1.0
     assert flask_rows[("base", 0)]["label"] == 0.0 and flask_rows[("base", 1)]["label"] is None  # N/A only
     assert "1 judged answer(s) are empty" in caplog.text and "no usable rating" in caplog.text
-    # the saved scorer reproduces the scores; the DPO pairs are records with `rejected`
-    scorer = Scorer.load(ws / "scorer.pt")
-    assert scorer.meta["aggregation"] == "min" and scorer.meta["embedding_model"] == "embedded"
-    expected = []
-    for record in read_records(ws / "records.jsonl"):
-        q = int(record.source.split(":")[1])
-        scores = [s["score"] for s in by_key[("candidate", q, 1)]["sentences"]]
-        pair = truncated_pair(record, split_spans(record.response), scores, low=0.5)
-        expected += [pair] if pair else []
-    assert expected, "the fixture's answers must have a low sentence to cut at, or this check compares nothing"
-    assert read_records(ws / "out" / "preference_pairs.jsonl", allow_empty=True) == expected
-    assert metrics["preference_pairs"] == {"records": 2, "already_pairs": 0, "scored": 2, "pairs": len(expected)}
     # the report's view: the candidate's answers with their lowest-scored sentences
     lowest = lowest_sentences(ws / "out" / "scores.jsonl", "candidate", n=2)
     assert set(lowest) == {(1, 1), (1, 2), (2, 1), (2, 2), (3, 1)}
@@ -452,20 +393,25 @@ def test_stage_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
     assert _run_stage(ws, *flask) == 0 and (ws / "out" / "scores.jsonl").read_text() == first_scores
 
 
-def test_stage_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
-    same = {k: 9 for k in RATINGS}  # every answer rated good: warn, scores from the priors
-    ws = _workspace(tmp_path / "same", same, pseudo_label=True)
-    with caplog.at_level(logging.WARNING, logger="tunefold"):
-        assert _run_stage(ws) == 0
-    assert "same label" in caplog.text and json.loads((ws / "m.json").read_text())["train"]["degenerate_labels"]
+def test_stage_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ws = _workspace(tmp_path / "unscored", RATINGS)
+    assert _run_stage(ws) == 2
+    assert "no sentence scorer; stage fractal_pairs trains it" in capsys.readouterr().err
+    meta = {"input_dim": 6, "hidden_dim": 4, "hidden_layers": 1, "embedding_model": "embedded", "aggregation": "min"}
+    Scorer(mlp(6, 4, 1), meta).save(ws / "scorer.pt")  # trained on 2-dim embeddings
+    assert _run_stage(ws) == 2
+    assert "the scorer takes 2-dim embeddings, the encoder 'embedded' gives 384" in capsys.readouterr().err
     empty = {m: {q: ["", ""] for q in (1, 2, 3)} for m in ANSWERS}
     ws = _workspace(tmp_path / "empty", RATINGS, answers=empty)
+    Scorer(mlp(6, 4, 1), meta).save(ws / "scorer.pt")
     assert _run_stage(ws) == 2
     assert "all 12 judged answers are empty: there is no sentence to score" in capsys.readouterr().err
     ws = _workspace(tmp_path / "missing", {**RATINGS, ("other", 1, 1): 5})
+    Scorer(mlp(6, 4, 1), meta).save(ws / "scorer.pt")
     assert _run_stage(ws) == 2
     assert "judged model 'other' has no answers file" in capsys.readouterr().err
     ws = _workspace(tmp_path / "none", {})
+    Scorer(mlp(6, 4, 1), meta).save(ws / "scorer.pt")
     (ws / "judgments" / "judge_single.jsonl").rename(ws / "judgments" / "judge_pair.jsonl")
     assert _run_stage(ws) == 2
     assert "no *_single.jsonl judgment files; run the mt_bench stage first" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from tunefold.data.records import Message, Record, make_record, read_records
 from tunefold.fractal.aggregate import hard_aggregate
 from tunefold.fractal.bags import to_bags
 from tunefold.fractal.crossfit import crossfit, fold_of, judged_answers, pair_scores
+from tunefold.fractal.scorer import Scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = FractalConfig(hidden_dim=32, epochs=30, batch_size=8, lambda_cos=0.0, lambda_corr=0.0, pseudo_label=False)
@@ -48,9 +49,9 @@ def test_every_answer_is_scored_by_the_scorer_of_its_own_fold() -> None:
     folds = [fold_of(a.question, 2, FAST.seed) for a in answers]
     assert set(folds) == {0, 1} and all(s is not None for s in fit.scorers)
     assert [f["trained_on"] for f in fit.stats["folds"]] == [folds.count(1), folds.count(0)]
-    for f, scorer in enumerate(
-        fit.scorers
-    ):  # each answer's score is its own fold's scorer's, the one that never saw it
+    assert fit.stats["full"]["trained_on"] == 32
+    # each answer's score is its own fold's scorer's, the one that never saw it
+    for f, scorer in enumerate(fit.scorers):
         mine = [a for a, k in zip(answers, folds, strict=True) if k == f]
         flat = scorer.predict(to_bags(mine, _KeywordEmbedder(), FAST)).tolist()  # type: ignore[arg-type,union-attr]
         expected, at = [], 0
@@ -81,7 +82,8 @@ def _stage(tmp_path: Path, records: list[Record], preferences: list[Record], **f
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     metrics = tmp_path / "m.json"
     argv = ["--params", str(tmp_path / "params.yaml"), "--metrics", str(metrics)]
-    assert fractal_pairs_main([*argv, "--judged", str(judged_dir), "--pairs", str(prefs), "--out", str(out)]) == 0
+    argv += ["--judged", str(judged_dir), "--pairs", str(prefs), "--out", str(out), "--scorer", str(out / "s.pt")]
+    assert fractal_pairs_main(argv) == 0
     return json.loads(metrics.read_text()), out
 
 
@@ -115,6 +117,10 @@ def test_the_stage_drops_only_what_a_trusted_scorer_disputes(tmp_path: Path) -> 
     assert [p.id for p in kept] == [pairs[0].id, pairs[2].id]
     assert all(p.metadata["fractal"]["chosen"] > p.metadata["fractal"]["rejected"] for p in kept)
     assert len((out / "answers.jsonl").read_text().splitlines()) == 2 * len(CITIES)
+    # the scorer for the benchmark's answers learned from every judged answer (none held out: no fold remains)
+    scorer = Scorer.load(out / "s.pt")
+    assert metrics["scorer"]["trained_on"] == 2 * len(CITIES) > max(f["trained_on"] for f in metrics["folds"])
+    assert scorer.meta["trained_on"] == f"{2 * len(CITIES)} judged answers of stage difficulty"
 
     keep, out = _stage(tmp_path / "keep", records, pairs, pairs="keep")
     assert not keep["filter_applied"] and keep["kept"] == 3 and keep["pairs_disagreeing"] == 1
@@ -136,7 +142,8 @@ def test_no_judged_answer_is_a_clear_error(tmp_path: Path, capsys: pytest.Captur
     prefs = tmp_path / "preferences.jsonl"
     prefs.write_text(pair("Q?", "A.", "B.").model_dump_json() + "\n")
     argv = ["--params", str(ROOT / "params.yaml"), "--judged", str(judged_dir), "--pairs", str(prefs)]
-    assert fractal_pairs_main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert fractal_pairs_main([*argv, "--out", str(tmp_path / "out"), "--scorer", str(tmp_path / "s.pt")]) == 2
     err = capsys.readouterr().err
     assert "nothing to learn sentence scores from" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "preferences.jsonl").exists()  # no half-made DPO data
+    assert not (tmp_path / "s.pt").exists()

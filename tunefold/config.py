@@ -533,7 +533,7 @@ class CurriculumConfig(Section):
 
 
 class FractalConfig(Section):
-    """FRACTAL sentence scores (stage `sentence_scores`), learned from the judges' response-level ratings."""
+    """FRACTAL sentence scores, learned from the judge's ratings of training answers (stage `fractal_pairs`)."""
 
     embedding_model: str = Field(
         "embedded",
@@ -563,16 +563,6 @@ class FractalConfig(Section):
     batch_size: int = Field(32, ge=1, description="responses per optimizer step")
     pseudo_label: bool = Field(True, description="retrain on max-likelihood sentence pseudo-labels")
     low_score: float = Field(0.5, ge=0, le=1, description="a sentence below this counts as low-scored")
-    preference_pairs: bool = Field(
-        False, description="write DPO pairs: a response cut before its first low-scored sentence vs the original"
-    )
-    pairs_from: str = Field("data/validate/clean.jsonl", description="records whose final answers are cut")
-    heldout_fraction: float = Field(
-        0.3,
-        ge=0,
-        lt=1,
-        description="share of questions whose judged answers are not trained on; the response AUC is reported on them",
-    )
     pairs: Literal["agree", "keep"] = Field(
         "agree",
         description="DPO pairs through stage fractal_pairs (a scorer cross-fitted on the curriculum's judged answers "

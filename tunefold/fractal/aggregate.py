@@ -45,6 +45,15 @@ def hard_aggregate(scores: list[float], how: Aggregation) -> float:
     return sum(scores) / len(scores)
 
 
+def per_response(flat: list[float], sizes: list[int], how: Aggregation) -> list[float]:
+    """Each response's aggregated score from the sentence scores of consecutive responses of `sizes` sentences."""
+    out, at = [], 0
+    for n in sizes:
+        out.append(hard_aggregate(flat[at : at + n], how))
+        at += n
+    return out
+
+
 def pseudo_labels(scores: list[float], label: float, how: Aggregation) -> list[int]:
     """The most likely 0/1 sentence labels whose aggregate equals the response label.
 

@@ -37,21 +37,6 @@ class Response:
         self.spans = split_spans(self.answer)
 
 
-def heldout(responses: list[Response], fraction: float, seed: int) -> list[bool]:
-    """Which responses are held out of training: every answer to a seeded `fraction` of the questions (all models
-    and turns of a question on one side), so the reported AUC is measured on questions the scorer never saw."""
-    import math
-    import random
-
-    def question(r: Response) -> str:  # an MT-Bench question id or a FLASK instance index
-        return f"{r.key['source']}:{r.key.get('question_id', r.key.get('idx'))}"
-
-    questions = sorted({question(r) for r in responses})
-    random.Random(seed).shuffle(questions)
-    held = set(questions[: math.floor(fraction * len(questions))])
-    return [question(r) in held for r in responses]
-
-
 def label_of(score: float | None, cfg: FractalConfig) -> float | None:
     """The training label of a normalised judge score: 0/1 at the threshold, or the score itself."""
     if score is None:
@@ -82,8 +67,10 @@ def mt_bench_responses(judgments: Path, answers: Path, questions: list[Question]
             q = by_id.get(qid)
             turns = cache[model].get(qid)
             if q is None or turns is None or len(turns) < turn or len(q.turns) < turn:
-                raise InputError(f"{f}:{n}: question {qid} turn {turn} of {model!r} is missing from the questions "
-                                 f"or answers files (judgments from another question set?)")  # fmt: skip
+                raise InputError(
+                    f"{f}:{n}: question {qid} turn {turn} of {model!r} is missing from the questions "
+                    f"or answers files (judgments from another question set?)"
+                )
             ref = q.reference[turn - 1] if q.reference and len(q.reference) >= turn else None
             key = {"source": "mt_bench", "question_id": qid, "model": model, "turn": turn, "judge_rating": score}
             norm = float(score) / 10 if score is not None and score >= 0 else None

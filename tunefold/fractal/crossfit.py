@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tunefold.config import FractalConfig
 from tunefold.data.records import Record
 from tunefold.errors import InputError
-from tunefold.fractal.aggregate import hard_aggregate
+from tunefold.fractal.aggregate import per_response
 from tunefold.fractal.auc import auc_roc
 from tunefold.fractal.bags import Response, to_bags
 
@@ -51,20 +51,14 @@ def judged_answers(records: list[Record]) -> list[Response]:
 @dataclass
 class CrossFit:
     scorers: list[Scorer | None]  # one per fold; None when the other folds hold no labelled answer
+    full: Scorer  # trained on every judged answer: what scores answers outside this data (the benchmark's)
     answer_scores: list[float | None]  # each answer's aggregated sentence score from its out-of-fold scorer
     stats: dict[str, Any]
 
 
-def _aggregate(flat: list[float], sizes: list[int], cfg: FractalConfig) -> list[float]:
-    out, at = [], 0
-    for n in sizes:
-        out.append(hard_aggregate(flat[at : at + n], cfg.aggregation))
-        at += n
-    return out
-
-
 def crossfit(answers: list[Response], embedder: Embedder, cfg: FractalConfig) -> CrossFit:
-    """Train one scorer per fold on the answers of the other folds; score each answer with its own fold's."""
+    """Train one scorer per fold on the answers of the other folds and score each answer with its own fold's;
+    then one scorer on all of them, for answers that are in no fold."""
     import torch
 
     from tunefold.fractal.scorer import train_scorer
@@ -87,10 +81,11 @@ def crossfit(answers: list[Response], embedder: Embedder, cfg: FractalConfig) ->
         scorer, stats = train_scorer(train, cfg)
         scorers.append(scorer)
         per_fold.append({"fold": f, "trained_on": stats["responses"], "degenerate_labels": stats["degenerate_labels"]})
-        mine = _aggregate(scorer.predict(data).tolist(), [len(a.spans) for a in scorable], cfg)
+        mine = per_response(scorer.predict(data).tolist(), [len(a.spans) for a in scorable], cfg.aggregation)
         for i, k in enumerate(folds):
             if k == f:
                 scores[i] = mine[i]
+    full, full_stats = train_scorer(data, cfg)
     by_answer = {id(a): s for a, s in zip(scorable, scores, strict=True)}
     answer_scores = [by_answer.get(id(a)) for a in answers]
     rated = [(a.judge_score, s) for a, s in zip(answers, answer_scores, strict=True)]
@@ -98,7 +93,8 @@ def crossfit(answers: list[Response], embedder: Embedder, cfg: FractalConfig) ->
     good = [int(y >= cfg.label_threshold) for y, _ in rated]
     auc = round(auc_roc(good, [s for _, s in rated]), 4) if 0 < sum(good) < len(good) else None
     stats = {"answers": len(answers), "instructions": len({a.question for a in answers}), "folds": per_fold}
-    return CrossFit(scorers, answer_scores, stats | {"auc_crossfit": auc, "auc_answers": len(rated)})
+    stats |= {"full": {"trained_on": full_stats["responses"], "degenerate_labels": full_stats["degenerate_labels"]}}
+    return CrossFit(scorers, full, answer_scores, stats | {"auc_crossfit": auc, "auc_answers": len(rated)})
 
 
 def pair_scores(
@@ -113,9 +109,8 @@ def pair_scores(
         return out
     data = to_bags(scorable, embedder, cfg)
     sizes = [len(s.spans) for s in scorable]
-    by_fold = [
-        None if scorer is None else _aggregate(scorer.predict(data).tolist(), sizes, cfg) for scorer in fit.scorers
-    ]
+    how = cfg.aggregation
+    by_fold = [None if s is None else per_response(s.predict(data).tolist(), sizes, how) for s in fit.scorers]
     position = {id(s): i for i, s in enumerate(scorable)}
     for k, p in enumerate(pairs):
         chosen, rejected = sides[2 * k], sides[2 * k + 1]
