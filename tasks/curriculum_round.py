@@ -6,10 +6,14 @@ the student has become: base + that adapter answers every planned instruction (i
 device and backend, with `llm.student`'s sampling), the judge rates each answer with the prompt `difficulty` used,
 and MFD = the target answer's score (kept from `difficulty`/`refine`) - the new score. The round then takes as many
 records as its planned slice (the same budget as the static plan): instructions the student now fits are left
-out, `hard_share` of the round comes from the hard ones, hardest first.
+out, `hard_share` of the round comes from the hard ones, hardest first. When the student now fits so many that the
+round would be short, TAPIR's expansion fills it (with `curriculum.plan.expand`): the teacher writes new
+instructions of the hardest instructions' task types, shown those, and answers them; this student answers, the
+judge rates both, and a new instruction is kept when its MFD is above `min_mfd`.
 
 Outputs: --out (the round's records, the data of `train.rounds.<round>`), --details dir (candidates.jsonl: every
-planned instruction with its planned and re-measured MFD and whether it was picked, and why not; report.md).
+planned instruction with its planned and re-measured MFD and whether it was picked, and why not, then the new
+instructions; expansion_log.jsonl: every attempt with its decision; report.md).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from tunefold.config import Params
-from tunefold.curriculum.planning import mfd_of, pick_round
+from tunefold.curriculum.expansion import Expansion
+from tunefold.curriculum.planning import mfd_of, pick_round, task_of
 from tunefold.curriculum.rating import rate_answer
 from tunefold.curriculum.roles import noise_caveat
 from tunefold.data.records import Record, read_records
@@ -71,9 +76,49 @@ def remeasure(ctx: StageContext, records: list[Record], answers: list[str]) -> l
         if score is None:
             return r, why
         now = {"student_response": text, "student_score": score, "mfd": float(teacher) - score}
-        return r.model_copy(update={"metadata": r.metadata | now | {"mfd_planned": mfd_of(r)}}), None
+        return r.model_copy(update={"metadata": r.metadata | now | {"mfd_planned": r.metadata.get("mfd")}}), None
 
     return ctx.gateway.map("judge", rate, list(zip(records, answers, strict=True)), desc="MFD (re-measured)")
+
+
+def round_expansion(ctx: StageContext, base_dir: Path, adapter: str) -> Expansion:
+    """Expansion measured with the round's student: the judge rates the teacher's answer, base + `adapter`
+    answers, the judge rates that (`remeasure`)."""
+    gw, json_output = ctx.gateway, ctx.params.eval.judge_output == "json"
+
+    def rate_target(r: Record) -> Record | None:
+        score, _ = rate_answer(gw, r.instruction, r.response, json_output)
+        return None if score is None else r.model_copy(update={"metadata": r.metadata | {"teacher_score": score}})
+
+    def measure(records: list[Record]) -> list[tuple[Record | None, str | None]]:
+        rated = gw.map("judge", rate_target, records, desc="rate new targets")
+        ready = [r for r in rated if r is not None]
+        answers = student_answers(ctx.params, base_dir, adapter, ready) if ready else []
+        measured = iter(remeasure(ctx, ready, answers))
+        out: list[tuple[Record | None, str | None]] = []
+        for r in rated:
+            if r is None:
+                out.append((None, "the judge gave the teacher's answer no usable rating"))
+                continue
+            scored, why = next(measured)
+            out.append((None, why) if why else (scored, None))
+        return out
+
+    return Expansion(gw, measure, ctx.params.curriculum.difficulty.min_mfd, origin="tapir_round_expansion")
+
+
+def expand_round(expansion: Expansion, measured: list[Record], chosen: list[Record], shortfall: int) -> list[Record]:
+    """Up to `shortfall` new instructions, modelled on the hardest of this round (or, if it has none, the hardest
+    measured): the k-th new one follows the task type of the (k mod n)-th hardest."""
+    seeds = sorted(chosen or measured, key=lambda r: (-mfd_of(r), r.id))
+    if not seeds:
+        return []
+    wanted = Counter(task_of(seeds[k % len(seeds)]) for k in range(shortfall))
+    new: list[Record] = []
+    for task, n in sorted(wanted.items()):
+        ranked = sorted((r for r in measured if task_of(r) == task), key=lambda r: (-mfd_of(r), r.id))
+        new += expansion(task, ranked, n)[:n]
+    return new
 
 
 def run_round(ctx: StageContext, name: str, planned_path: Path, base_dir: Path, out: Path, details: Path) -> dict:
@@ -91,6 +136,7 @@ def run_round(ctx: StageContext, name: str, planned_path: Path, base_dir: Path, 
     init = setting.init
     from_base = Path(init).resolve() == base_dir.resolve()
     rows: list[dict[str, Any]] = []
+    new: list[Record] = []
     if from_base or not p.curriculum.plan.adaptive:
         chosen, mode = mine, "planned slice (" + ("the base model is the student" if from_base else "static") + ")"
         rows = [{"id": r.id, "mfd_planned": mfd_of(r), "picked": True} for r in mine]
@@ -106,6 +152,13 @@ def run_round(ctx: StageContext, name: str, planned_path: Path, base_dir: Path, 
             p.curriculum.plan.hard_quantile,
             p.curriculum.difficulty.min_mfd,
         )
+        if len(chosen) < len(mine) and p.curriculum.plan.expand:
+            expansion = round_expansion(ctx, base_dir, init)
+            ok = [r for r, why in measured if why is None]
+            new = expand_round(expansion, ok, chosen, len(mine) - len(chosen))
+            write_jsonl(details / "expansion_log.jsonl", expansion.log)
+            log.info("%s: %d new instruction(s) written for the %d missing", name, len(new), len(mine) - len(chosen))
+            chosen = chosen + new
         if not chosen:
             raise InputError(
                 f"round {name}: the student {init} fits every planned instruction (or none could be rated); "
@@ -113,8 +166,11 @@ def run_round(ctx: StageContext, name: str, planned_path: Path, base_dir: Path, 
                 "false"
             )
         mode = f"re-measured with {init}"
+        written = {r.id for r in new}
         for r in chosen:
             rows.append({"id": r.id, "mfd_planned": r.metadata["mfd_planned"], "mfd": mfd_of(r), "picked": True})
+            if r.id in written:
+                rows[-1]["origin"] = "new instruction from the teacher"
         for r, why in left_out:
             rows.append(
                 {"id": r.id, "mfd_planned": r.metadata["mfd_planned"], "mfd": mfd_of(r), "picked": False, "why": why}
@@ -129,6 +185,7 @@ def run_round(ctx: StageContext, name: str, planned_path: Path, base_dir: Path, 
         "planned_slice": len(mine),
         "records": len(chosen),
         "from_other_slices": again,
+        "new_instructions": len(new),
         "mean_mfd": round(sum(map(mfd_of, chosen)) / len(chosen), 3) if chosen else None,
         "mean_mfd_planned": round(sum(map(mfd_of, mine)) / len(mine), 3) if mine else None,
         "left_out": dict(Counter(row["why"].split(":")[0] for row in rows if not row["picked"])),
@@ -136,7 +193,7 @@ def run_round(ctx: StageContext, name: str, planned_path: Path, base_dir: Path, 
     write_text(
         details / "report.md",
         f"### Curriculum round {name} (TAPIR)\n\n{noise_caveat(p.llm)}{len(chosen)} record(s), {mode}; "
-        f"{again} of them were planned for another round.\n\n"
+        f"{again} of them were planned for another round, {len(new)} are new instructions the teacher wrote.\n\n"
         + md_table(["id", "planned MFD", "MFD now", "picked", "why not"], [_row(r) for r in rows])
         + "\n",
     )
@@ -145,7 +202,8 @@ def run_round(ctx: StageContext, name: str, planned_path: Path, base_dir: Path, 
 
 
 def _row(row: dict[str, Any]) -> list[Any]:
-    return [row["id"], row["mfd_planned"], row.get("mfd", ""), row["picked"], row.get("why", "")]
+    planned = "new" if row.get("origin") else row["mfd_planned"]
+    return [row["id"], planned, row.get("mfd", ""), row["picked"], row.get("why", "")]
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -153,7 +211,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--planned", type=Path, required=True, help="plan_curriculum's planned.jsonl")
     p.add_argument("--base", type=Path, required=True, help="the base model directory")
     p.add_argument("--out", type=Path, required=True, help="the round's records JSONL")
-    p.add_argument("--details", type=Path, required=True, help="directory for candidates.jsonl and report.md")
+    p.add_argument("--details", type=Path, required=True, help="directory for the decision files and report.md")
 
 
 def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:

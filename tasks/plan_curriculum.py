@@ -20,15 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from tunefold.config import CurriculumConfig
+from tunefold.curriculum.expansion import Expansion
 from tunefold.curriculum.planning import distribution, mfd_of, rebalance, round_stats, split_rounds
-from tunefold.curriculum.prompts import EXPAND_INSTRUCTION, InstructionReply, expansion_text
 from tunefold.curriculum.rating import score_record
 from tunefold.curriculum.roles import noise_caveat
-from tunefold.curriculum.taxonomy import TASK_DESCRIPTIONS, instruction_key, instruction_text
-from tunefold.data.records import Message, Record, make_record, read_records
+from tunefold.data.records import Record, make_record, read_records
 from tunefold.errors import InputError
 from tunefold.io import write_json, write_jsonl, write_text
-from tunefold.llm import ChatRequest
 from tunefold.pipeline.stage import StageContext, log, stage_main
 from tunefold.pipeline.summary import md_table
 
@@ -51,64 +49,19 @@ def preference_pairs(records: list[Record]) -> list[Record]:
     return list(pairs.values())
 
 
-class Expander:
-    """TAPIR's expansion of a scarce task type: the teacher writes new instructions of that type, shown its hardest
-    ones, and answers them; the student answers and the judge rates both, as `difficulty` does. A new instruction
-    is kept when its MFD is above `min_mfd` and it repeats no instruction of the type; every attempt is logged."""
+def base_student_expansion(ctx: StageContext) -> Expansion:
+    """Expansion measured as `difficulty` measures: the teacher's answer is the target, the student endpoint
+    answers, the judge rates both."""
+    gw, json_output = ctx.gateway, ctx.params.eval.judge_output == "json"
 
-    def __init__(self, ctx: StageContext) -> None:
-        self.ctx = ctx
-        self.log: list[dict[str, Any]] = []
+    def measure(records: list[Record]) -> list[tuple[Record | None, str | None]]:
+        return gw.map("judge", lambda r: score_record(gw, r, True, json_output), records, desc="MFD (new)")
 
-    def __call__(self, task: str, ranked: list[Record], extra: int) -> list[Record]:
-        gw, json_output = self.ctx.gateway, self.ctx.params.eval.judge_output == "json"
-        min_mfd = self.ctx.params.curriculum.difficulty.min_mfd
-        examples = [instruction_text(r, limit=600) for r in ranked[:3]]
-        seen = {instruction_key(r) for r in ranked}
-
-        def write(k: int) -> tuple[Record | None, dict[str, Any]]:
-            row: dict[str, Any] = {"task_type": task, "attempt": k}
-            shown = expansion_text(task, TASK_DESCRIPTIONS.get(task, task), examples, k, extra)
-            req = ChatRequest(
-                messages=[{"role": "system", "content": EXPAND_INSTRUCTION}, {"role": "user", "content": shown}]
-            )
-            parsed, _ = gw.chat_json("teacher", req, InstructionReply, attempts=2)
-            if not parsed.ok:
-                return None, row | {"decision": "dropped", "reason": "the teacher wrote no usable instruction"}
-            instruction = parsed.value.instruction.strip()
-            row["instruction"] = instruction
-            answer = gw.answer("teacher", [{"role": "user", "content": instruction}])
-            if answer is None:
-                return None, row | {"decision": "dropped", "reason": "no answer from the teacher"}
-            messages = [Message(role="user", content=instruction), Message(role="assistant", content=answer)]
-            meta = {"task_type": task, "origin": "tapir_expansion", "source_name": "curriculum"}
-            scored, why = score_record(
-                gw, make_record(messages, f"expand:{task}:{k}", metadata=meta), True, json_output
-            )
-            if scored is None:
-                return None, row | {"decision": "dropped", "reason": why}
-            mfd = mfd_of(scored)
-            row["mfd"] = mfd
-            if mfd <= min_mfd:
-                return None, row | {"decision": "dropped", "reason": f"MFD {mfd:g} <= min_mfd {min_mfd:g}"}
-            return scored.model_copy(update={"metadata": scored.metadata | {"target": "teacher"}}), row
-
-        kept = []
-        for record, row in gw.map("teacher", write, list(range(extra)), desc=f"expand {task}"):
-            if record is not None:
-                key = instruction_key(record)
-                if key in seen:
-                    row |= {"decision": "dropped", "reason": "repeats an instruction of the type"}
-                else:
-                    seen.add(key)
-                    kept.append(record)
-                    row["decision"] = "kept"
-            self.log.append(row)
-        return kept
+    return Expansion(gw, measure, ctx.params.curriculum.difficulty.min_mfd)
 
 
 def plan(
-    cfg: CurriculumConfig, records: list[Record], expand: Expander | None = None
+    cfg: CurriculumConfig, records: list[Record], expand: Expansion | None = None
 ) -> tuple[list[list[Record]], dict[str, Any], list[Any]]:
     p = cfg.plan
     balanced = rebalance(records, p.target, p.size, cfg.seed, expand if p.expand else None)
@@ -141,7 +94,7 @@ def run_plan(
 ) -> dict[str, Any]:
     cfg = ctx.params.curriculum
     records = read_records(records_path, allow_empty=True)
-    expander = Expander(ctx)
+    expander = base_student_expansion(ctx)
     rounds, report, dropped = plan(cfg, records, expander)
     report["expansion_outcomes"] = dict(Counter(row["decision"] for row in expander.log))
     write_jsonl(out_dir / "expansion_log.jsonl", expander.log)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tasks.curriculum_round import expand_round
 from tunefold.config import DEFAULT_TARGET, load_params
 from tunefold.curriculum.planning import apportion, mfd_of, pick_round, rebalance, split_rounds
 from tunefold.curriculum.synthesis import contrastive_decision
@@ -112,6 +113,26 @@ def test_an_adaptive_round_follows_the_new_difficulty() -> None:
     chosen, left_out = pick_round(records, size=20, hard_share=0.5, hard_quantile=0.5, min_mfd=0.0)
     assert len(chosen) == 7 and len(left_out) == 3
     assert pick_round(records, size=5, hard_share=0.5, hard_quantile=0.5, min_mfd=10.0)[0] == []
+
+
+def test_a_short_round_asks_for_new_instructions_like_its_hardest() -> None:
+    """Two still-hard records (math MFD 7, coding 5) and 3 missing: new instructions follow the hardest ones' types
+    in turn (math, coding, math), each type shown its measured records hardest first; what the expansion cannot
+    supply is not made up. With nothing left hard, the hardest measured ones are the models."""
+    measured = [rec(1, "math", 7), rec(2, "coding", 5), rec(3, "math", -1), rec(4, "writing", 0)]
+    asked = []
+
+    def expansion(task: str, ranked: list, n: int) -> list:
+        asked.append((task, [mfd_of(r) for r in ranked], n))
+        return [rec(900 + k, task, 6) for k in range(n)][:1]
+
+    new = expand_round(expansion, measured, measured[:2], 3)  # type: ignore[arg-type]
+    assert asked == [("coding", [5.0], 1), ("math", [7.0, -1.0], 2)]
+    assert [r.metadata["task_type"] for r in new] == ["coding", "math"]
+    asked.clear()
+    expand_round(expansion, measured, [], 1)  # type: ignore[arg-type]
+    assert asked == [("math", [7.0, -1.0], 1)]
+    assert expand_round(expansion, [], [], 2) == []  # type: ignore[arg-type]
 
 
 # --- contrastive filtering -------------------------------------------------------------------------------------
