@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import pipeline
 from tunefold.config import Params, load_params
-from tunefold.cycle.promotion import Decision, Scores, decide
+from tunefold.cycle.promotion import Decision, Scores, decide, heldout_scores
 from tunefold.cycle.registry import Registry, git, lineage, lock_outs, source_hashes
 from tunefold.io import atomic_dir, read_json
 from tunefold.pipeline.dvcrun import dvc_cmd, tool_env
@@ -44,11 +44,23 @@ def _notify(params: Params, subject: str, body: str) -> None:
         get_run_logger().warning("notification through %s failed: %s", params.cycle.notify_block, e)
 
 
+def challenger_scores(root: Path, params: Params) -> Scores:
+    """The evaluation summary and the held-out numbers of the last SFT round and of DPO."""
+    metrics = root / "metrics"
+    last_round = list(params.train.rounds)[-1] if params.train else None
+    sft = metrics / "sft" / f"{last_round}.json"
+    heldout = heldout_scores(
+        read_json(sft) if last_round and sft.exists() else None,
+        read_json(metrics / "dpo.json") if (metrics / "dpo.json").exists() else None,
+    )
+    return Scores.from_summary(read_json(root / "reports/eval/summary.json"), heldout)
+
+
 @task(name="gate", cache_policy=NO_CACHE)
 def gate(root: str, params: Params, champion: dict[str, Any] | None) -> Decision:
-    summary = read_json(Path(root) / "reports/eval/summary.json")
     champ = Scores(**champion["scores"]) if champion else None
-    return decide(Scores.from_summary(summary), champ, params.cycle.gate, champion and champion["model_id"])
+    challenger = challenger_scores(Path(root), params)
+    return decide(challenger, champ, params.cycle.gate, champion and champion["model_id"])
 
 
 @task(name="record", cache_policy=NO_CACHE)
@@ -58,7 +70,6 @@ def record(root: str, params: Params, decision: Decision, cycle_id: str, sources
     registry = Registry(rootp, params)
     version = registry.next_version() if decision.promote else None
     tag = f"{params.cycle.tag_prefix}{version}" if version else f"challenger-{cycle_id}"
-    summary = read_json(rootp / "reports/eval/summary.json")
     entry = {
         "cycle": cycle_id,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -68,7 +79,7 @@ def record(root: str, params: Params, decision: Decision, cycle_id: str, sources
         "reason": decision.reason,
         "decision": decision.as_dict(),
         "model_id": f"{params.cycle.tag_prefix}{version}" if version else None,
-        "scores": Scores.from_summary(summary).__dict__,
+        "scores": challenger_scores(rootp, params).__dict__,
         "sources": sources,
         "lineage": lineage(rootp, params),
     }

@@ -29,6 +29,7 @@ from tunefold.curriculum.expansion import Expansion
 from tunefold.curriculum.planning import mfd_of, pick_round, task_of
 from tunefold.curriculum.rating import rate_answer
 from tunefold.curriculum.roles import noise_caveat
+from tunefold.data.decontam import decontaminate
 from tunefold.data.records import Record, read_records
 from tunefold.errors import InputError
 from tunefold.io import write_jsonl, write_text
@@ -176,8 +177,18 @@ def run_round(ctx: StageContext, name: str, planned_path: Path, base_dir: Path, 
                 {"id": r.id, "mfd_planned": r.metadata["mfd_planned"], "mfd": mfd_of(r), "picked": False, "why": why}
             )
         rows += [{"id": r.id, "mfd_planned": mfd_of(r), "picked": False, "why": why} for r, why in unmeasured]
+    chosen, contaminated = decontaminate(chosen, p.holdout, p.eval)
+    for bad in contaminated:
+        log.warning("%s: %s: %s: left out of the round", name, bad["where"], bad["reason"])
+        row = next(row for row in rows if row["id"] == bad["record"]["id"] and row["picked"])
+        row |= {"picked": False, "why": bad["reason"]}
+    if not chosen:
+        raise InputError(
+            f"round {name}: every record contains an evaluation question (see the log); nothing to train on"
+        )
     write_jsonl(out, [r.model_dump() for r in chosen])
     write_jsonl(details / "candidates.jsonl", rows)
+    write_jsonl(details / "contaminated.jsonl", contaminated)
     again = sum(r.metadata.get("planned_round") not in (None, name) for r in chosen)
     metrics = {
         "round": name,
@@ -186,6 +197,7 @@ def run_round(ctx: StageContext, name: str, planned_path: Path, base_dir: Path, 
         "records": len(chosen),
         "from_other_slices": again,
         "new_instructions": len(new),
+        "contaminated": len(contaminated),
         "mean_mfd": round(sum(map(mfd_of, chosen)) / len(chosen), 3) if chosen else None,
         "mean_mfd_planned": round(sum(map(mfd_of, mine)) / len(mine), 3) if mine else None,
         "left_out": dict(Counter(row["why"].split(":")[0] for row in rows if not row["picked"])),

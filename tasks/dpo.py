@@ -6,6 +6,8 @@ merged, so a 4-bit QLoRA base keeps the whole SFT delta (merging into 4-bit weig
 away). With `dpo.init` set to the base model (the DPO paper's setting) a fresh LoRA adapter is trained and the
 reference is the base with the adapter disabled. `dpo.sources` and `dpo.data_fraction` choose the preference
 pool, so a data-efficiency study is one `dvc exp run` sweep.
+With held-out pairs (--val: the preference pairs of the `holdout` stage's held-out side), trl's own eval
+metrics (loss, reward accuracy, reward margin) are measured before training, every `train.eval_steps` and after.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from tunefold.pipeline.stage import StageContext, log, stage_main
 from tunefold.train.device import DevicePlan, plan_device, train_processes
 from tunefold.train.models import load_tokenizer
 from tunefold.train.training import (
+    Heldout,
     ResumeGuard,
     choose_template,
+    evaluate_start,
     file_hash,
     fingerprint,
     load_base,
@@ -37,21 +41,25 @@ from tunefold.train.training import (
 )
 
 
+def held_out_pairs(records: list[Record], cfg: DPOSettings) -> list[Record]:
+    """Every held-out preference pair (of `dpo.sources` when set): the same set at every data fraction."""
+    return [r for r in records if r.rejected is not None and (not cfg.sources or r.source_name in cfg.sources)]
+
+
 def select_pairs(records: list[Record], cfg: DPOSettings, seed: int) -> tuple[list[Record], dict[str, int]]:
     """Pairs from the chosen sources, then `data_fraction` of each source's pairs, nested across fractions
     (`tunefold.data.subsets`): a sweep's smaller subsets lie inside its larger ones, each source keeps its share."""
     pairs = [r for r in records if r.rejected is not None]
-    source = lambda r: r.metadata.get("source_name") or r.source.rsplit(":", 1)[0]  # noqa: E731
     if cfg.sources:
-        known = sorted({source(r) for r in pairs})
+        known = sorted({r.source_name for r in pairs})
         unknown = sorted(set(cfg.sources) - set(known))
         if unknown:
             raise InputError(f"dpo.sources: no preference pairs from {', '.join(unknown)}; pairs come from {known}")
-        pairs = [r for r in pairs if source(r) in cfg.sources]
+        pairs = [r for r in pairs if r.source_name in cfg.sources]
     if not pairs:
         raise InputError(f"{cfg.data}: no preference pairs (rows with `rejected`); nothing for DPO to learn from")
-    picked = [pairs[i] for i in nested_fraction(pairs, source, cfg.data_fraction, seed)]
-    return picked, dict(Counter(source(r) for r in picked))
+    picked = [pairs[i] for i in nested_fraction(pairs, lambda r: r.source_name, cfg.data_fraction, seed)]
+    return picked, dict(Counter(r.source_name for r in picked))
 
 
 def pairs_hash(pairs: list[Record]) -> str:
@@ -85,6 +93,7 @@ def dpo_trainer(
     ckpt_dir: Path,
     dataset: Any,
     tokenizer: Any,
+    eval_dataset: Any = None,
 ) -> Any:
     """A DPOTrainer whose policy starts from `dpo.init` and whose reference is that same starting model, frozen.
 
@@ -100,7 +109,16 @@ def dpo_trainer(
     if not from_base:
         model = PeftModel.from_pretrained(model, cfg.init, is_trainable=True)
     args = DPOConfig(
-        **schedule_args(train, plan, ckpt_dir, cfg.batch_size, cfg.learning_rate, cfg.epochs, cfg.max_steps),
+        **schedule_args(
+            train,
+            plan,
+            ckpt_dir,
+            cfg.batch_size,
+            cfg.learning_rate,
+            cfg.epochs,
+            cfg.max_steps,
+            heldout=eval_dataset is not None,
+        ),
         beta=cfg.beta,
         max_length=cfg.max_length,
     )
@@ -109,6 +127,7 @@ def dpo_trainer(
         ref_model=None,
         args=args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
     )
@@ -137,6 +156,8 @@ def train_dpo(
     out_dir: Path,
     ckpt_dir: Path,
     curve_path: Path,
+    val_path: Path | None = None,
+    heldout_curve: Path | None = None,
     force_restart: bool = False,
 ) -> dict[str, Any]:
     init = Path(cfg.init)
@@ -147,9 +168,11 @@ def train_dpo(
     tokenizer.chat_template = choose_template(tokenizer, train.chat_template).template
     pairs, by_source = select_pairs(read_records(Path(cfg.data), purpose="train on"), cfg, train.seed)
     dataset = preference_dataset(pairs)
+    val = held_out_pairs(read_records(val_path, allow_empty=True), cfg) if val_path else []
 
     fp = fingerprint(
         data=file_hash(Path(cfg.data)),
+        val=pairs_hash(val),
         init="base" if from_base else file_hash(init / "adapter_model.safetensors"),
         dpo=cfg.model_dump(),
         lora=train.lora.model_dump(),
@@ -158,8 +181,13 @@ def train_dpo(
     guard = ResumeGuard(ckpt_dir, fp, force_restart, cpu=plan.device == "cpu")
     resume = guard.resume_point()
 
-    trainer = dpo_trainer(cfg, train, plan, base_dir, ckpt_dir, dataset, tokenizer)
-    done = train_and_save(trainer, tokenizer, guard, resume, out_dir, curve_path)
+    eval_dataset = preference_dataset(val) if val else None
+    trainer = dpo_trainer(cfg, train, plan, base_dir, ckpt_dir, dataset, tokenizer, eval_dataset)
+    heldout = None
+    if eval_dataset is not None and heldout_curve is not None:
+        start = evaluate_start(trainer, ckpt_dir, resume)
+        heldout = Heldout(len(val), pairs_hash(val), start, heldout_curve, perplexity=False)
+    done = train_and_save(trainer, tokenizer, guard, resume, out_dir, curve_path, heldout=heldout)
     if done is None:
         return {}
     curve = done.pop("curve")
@@ -176,6 +204,7 @@ def train_dpo(
         **done,
         "first_reward_margin": margins[0] if margins else None,
         "last_reward_margin": margins[-1] if margins else None,
+        "heldout": done.get("heldout", {"items": 0, "note": "no held-out preference pairs: DPO was not validated"}),
     }
     log.info(
         "dpo: %d pairs, %d steps, reward margin %s -> %s",
@@ -184,6 +213,16 @@ def train_dpo(
         metrics["first_reward_margin"],
         metrics["last_reward_margin"],
     )
+    if heldout:
+        h = metrics["heldout"]
+        log.info(
+            "dpo held-out on %d pairs: reward accuracy %s -> %s, margin %s -> %s",
+            h["items"],
+            h["start"].get("reward_accuracy"),
+            h["kept"].get("reward_accuracy"),
+            h["start"].get("reward_margin"),
+            h["kept"].get("reward_margin"),
+        )
     return metrics
 
 
@@ -192,13 +231,25 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="adapter directory to write")
     p.add_argument("--checkpoints", type=Path, required=True, help="checkpoint directory (kept for resume)")
     p.add_argument("--curve", type=Path, required=True, help="loss and reward-margin curve TSV (dvc plots)")
+    p.add_argument("--val", type=Path, help="held-out records; their preference pairs are DPO's validation set")
+    p.add_argument("--heldout-curve", type=Path, help="held-out loss/reward curve TSV (dvc plots)")
 
 
 def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
     if ctx.params.dpo is None or ctx.params.train is None:
         raise InputError("params.yaml needs `train` and `dpo` sections for the dpo stage")
     force = os.environ.get("TUNEFOLD_FORCE_RESTART") == "1"
-    return train_dpo(ctx.params.dpo, ctx.params.train, args.base, args.out, args.checkpoints, args.curve, force)
+    return train_dpo(
+        ctx.params.dpo,
+        ctx.params.train,
+        args.base,
+        args.out,
+        args.checkpoints,
+        args.curve,
+        args.val,
+        args.heldout_curve,
+        force,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

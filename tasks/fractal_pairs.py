@@ -9,7 +9,8 @@ mislabelled pair, but only when the scorer's cross-fitted AUC on the judged answ
 scorer that cannot tell good answers from bad ones drops nothing, and the report says so.
 
 Outputs (in --out): preferences.jsonl (the DPO data; each pair with its `fractal` scores), dropped.jsonl (pair +
-reason), answers.jsonl (each judged training answer's out-of-fold score), report.md. pairs in = kept + dropped.
+reason), contaminated.jsonl (pairs containing an evaluation question, `tunefold.data.decontam`), answers.jsonl
+(each judged training answer's out-of-fold score), report.md. pairs in = kept + dropped + contaminated.
 --scorer: a scorer trained on every judged answer, which `sentence_scores` applies to the benchmark's answers.
 """
 
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tunefold.data.decontam import decontaminate
 from tunefold.data.records import Record, read_records
 from tunefold.fractal.crossfit import crossfit, judged_answers, pair_scores
 from tunefold.io import read_jsonl, write_jsonl, write_text
@@ -45,7 +47,9 @@ def run_fractal_pairs(
     fit = crossfit(answers, embedder, cfg)
     fit.full.meta |= {"trained_on": f"{fit.stats['full']['trained_on']} judged answers of stage difficulty"}
     fit.full.save(scorer_path)
-    pairs = read_records(pairs_path, allow_empty=True)
+    given = read_records(pairs_path, allow_empty=True)
+    pairs, contaminated = decontaminate(given, ctx.params.holdout, ctx.params.eval)
+    write_jsonl(out_dir / "contaminated.jsonl", contaminated)
     scored = pair_scores(pairs, fit, embedder, cfg)
     auc = fit.stats["auc_crossfit"]
     trusted = auc is not None and auc >= cfg.min_auc
@@ -82,7 +86,8 @@ def run_fractal_pairs(
         "auc_answers": fit.stats["auc_answers"],
         "folds": fit.stats["folds"],
         "scorer": fit.stats["full"],
-        "pairs_in": len(pairs),
+        "pairs_in": len(given),
+        "contaminated": len(contaminated),
         "pairs_scored": sum(s is not None for s in scored),
         "pairs_disagreeing": disagree,
         "filter_applied": filtering,
@@ -95,7 +100,8 @@ def run_fractal_pairs(
         "### FRACTAL sentence scores for DPO\n\n"
         f"A scorer cross-fitted over {len(rows)} folds of {metrics['instructions']} judged instructions "
         f"({metrics['judged_answers']} answers) separates the answers the judge rated good with AUC {auc} "
-        f"(out-of-fold, {metrics['auc_answers']} answers). Of {len(pairs)} preference pairs, "
+        f"(out-of-fold, {metrics['auc_answers']} answers). {len(contaminated)} pair(s) were left out for containing "
+        f"an evaluation question. Of the {len(pairs)} other preference pairs, "
         f"{metrics['pairs_scored']} were scored and {disagree} rank the rejected answer higher: {decision}.\n\n"
         + md_table(["fold", "answers trained on"], rows)
         + "\n",

@@ -3,7 +3,10 @@
 Loss falls on assistant tokens only, end-of-turn token included: by the chat template's {% generation %} spans
 when a marked template exists, else by one prompt/completion sequence per assistant turn (`train.loss_mask`);
 sequences are packed into blocks with no padding. A round continues from the previous round's adapter.
-Checkpoints every `train.save_steps` steps make a killed run resume where it stopped.
+Checkpoints every `train.save_steps` steps make a killed run resume where it stopped. With held-out conversations
+(--val, the `holdout` stage's), the round is evaluated on them at the start, every `train.eval_steps` and at the end
+(loss and perplexity, a `dvc plots` curve), and with `train.keep: best` the adapter written is the checkpoint with
+the lowest held-out loss.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from tunefold.train.masking import prompt_completion_examples
 from tunefold.train.models import load_tokenizer
 from tunefold.train.training import (
     Fit,
+    Heldout,
     ResumeGuard,
     TemplateChoice,
     choose_template,
+    evaluate_start,
     file_hash,
     fingerprint,
     fit_lengths,
@@ -73,6 +78,8 @@ def train_sft(
     out_dir: Path,
     ckpt_dir: Path,
     curve_path: Path,
+    val_path: Path | None = None,
+    heldout_curve: Path | None = None,
     force_restart: bool = False,
 ) -> dict[str, Any]:
     from datasets import Dataset
@@ -98,9 +105,13 @@ def train_sft(
     if not rows:
         raise InputError(f"{rnd.data}: no conversation fits train.max_length={cfg.max_length}; nothing to train on")
     dataset = Dataset.from_list(rows)
+    val = read_records(val_path, allow_empty=True) if val_path else []
+    val_rows = sft_rows(cfg, tokenizer, [[m.model_dump() for m in r.messages] for r in val])[0] if val else []
+    eval_dataset = Dataset.from_list(val_rows) if val_rows else None
 
     fp = fingerprint(
         data=file_hash(Path(rnd.data)),
+        val=file_hash(val_path) if val else None,
         init=file_hash(init / "adapter_model.safetensors") if is_adapter(init) else str(init),
         train=cfg.model_dump(exclude={"rounds", "device"}),
         round=rnd.model_dump(),
@@ -115,14 +126,33 @@ def train_sft(
     else:
         peft_config = lora_config(cfg.lora, model)
     args = SFTConfig(
-        **schedule_args(cfg, plan, ckpt_dir, cfg.batch_size, rnd.learning_rate, rnd.epochs, rnd.max_steps),
+        **schedule_args(
+            cfg,
+            plan,
+            ckpt_dir,
+            cfg.batch_size,
+            rnd.learning_rate,
+            rnd.epochs,
+            rnd.max_steps,
+            heldout=eval_dataset is not None,
+            keep_best=cfg.keep == "best",
+        ),
         max_length=cfg.max_length,
         packing=cfg.packing,
         **choice.trainer_args(),
     )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
     )
+    heldout = None
+    if eval_dataset is not None and val_path is not None and heldout_curve is not None:
+        start = evaluate_start(trainer, ckpt_dir, resume)
+        heldout = Heldout(len(val), file_hash(val_path)[:16], start, heldout_curve, perplexity=True)
     done = train_and_save(
         trainer,
         tokenizer,
@@ -131,6 +161,7 @@ def train_sft(
         out_dir,
         curve_path,
         lambda tmp: write_jsonl(tmp / "rejected_overlong.jsonl", dropped),
+        heldout,
     )
     if done is None:
         return {}
@@ -152,7 +183,10 @@ def train_sft(
         "loss_mask": choice.loss_mask,
         "packing": cfg.packing,
         **fit.stats,
+        "keep": cfg.keep if heldout else "last (no held-out data)",
     }
+    if "heldout" not in metrics:
+        metrics["heldout"] = {"items": 0, "note": "no held-out conversations: this round was not validated"}
     log.info(
         "sft %s: %d steps, loss %s -> %s, %s real tokens/s",
         round_name,
@@ -161,6 +195,16 @@ def train_sft(
         metrics["last_loss"],
         metrics["real_tokens_per_second"],
     )
+    if heldout:
+        h = metrics["heldout"]
+        log.info(
+            "sft %s held-out loss on %d conversations: %s at the start, %s kept (%s)",
+            round_name,
+            h["items"],
+            h["start"]["loss"],
+            h["kept"]["loss"],
+            h["kept_checkpoint"],
+        )
     return metrics
 
 
@@ -170,13 +214,25 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="adapter directory to write")
     p.add_argument("--checkpoints", type=Path, required=True, help="checkpoint directory (kept for resume)")
     p.add_argument("--curve", type=Path, required=True, help="loss curve TSV (dvc plots)")
+    p.add_argument("--val", type=Path, help="held-out records (the holdout stage's val.jsonl; empty: no validation)")
+    p.add_argument("--heldout-curve", type=Path, help="held-out loss curve TSV (dvc plots)")
 
 
 def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
     if ctx.params.train is None:
         raise InputError("params.yaml has no `train` section")
     force = os.environ.get("TUNEFOLD_FORCE_RESTART") == "1"
-    return train_sft(ctx.params.train, args.round, args.base, args.out, args.checkpoints, args.curve, force)
+    return train_sft(
+        ctx.params.train,
+        args.round,
+        args.base,
+        args.out,
+        args.checkpoints,
+        args.curve,
+        args.val,
+        args.heldout_curve,
+        force,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,10 @@ import yaml
 
 from tasks.curriculum_round import expand_round
 from tunefold.config import DEFAULT_TARGET, load_params
-from tunefold.curriculum.planning import apportion, mfd_of, pick_round, rebalance, split_rounds
+from tunefold.curriculum.planning import mfd_of, pick_round, rebalance, split_rounds
 from tunefold.curriculum.synthesis import contrastive_decision
 from tunefold.data.records import Message, Record, make_record, read_records
+from tunefold.data.subsets import apportion
 from tunefold.errors import InputError, ParamsError
 from tunefold.eval.judge import parse_pair_scores
 

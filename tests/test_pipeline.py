@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import shutil
 import sys
@@ -17,6 +18,7 @@ import yaml
 
 from tests.conftest import ROOT, prefect_home, prefect_server_at, run
 from tunefold.data.records import read_records
+from tunefold.data.subsets import prompt_key
 from tunefold.pipeline.dag import StageGraph
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -58,7 +60,8 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
     dpo = json.loads((repo / "metrics/dpo.json").read_text())
     plan = json.loads((repo / "metrics/curriculum/plan.json").read_text())
     fractal = json.loads((repo / "metrics/fractal_pairs.json").read_text())
-    assert fractal["pairs_in"] == plan["preference_pairs"] == fractal["kept"] + fractal["dropped"]
+    assert fractal["pairs_in"] == plan["preference_pairs"]
+    assert fractal["pairs_in"] == fractal["kept"] + fractal["dropped"] + fractal["contaminated"]
     assert dpo["pairs"] == fractal["kept"] and (fractal["dropped"] == 0 or fractal["filter_applied"])
     assert dpo["pairs_by_source"]["sample_prefs"] == 12 - sum(
         json.loads(line)["record"]["metadata"].get("source_name") == "sample_prefs"
@@ -73,6 +76,19 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
         assert [r.id for r in rows] == [r.id for r in planned if r.metadata["planned_round"] == name]
         m = json.loads((repo / f"metrics/curriculum/round_{name}.json").read_text())
         assert m["mode"].startswith("planned slice") and m["records"] == len(rows)
+    # the held-out split: made once after annotate, never trained on, measured by every training stage
+    holdout = json.loads((repo / "metrics/holdout.json").read_text())
+    assert holdout["records_in"] == validate["clean"] == holdout["contaminated"] + holdout["train"] + holdout["val"]
+    assert holdout["val"] >= 8 and holdout["eval_questions_checked"] > 0
+    val = read_records(repo / "data/holdout/val.jsonl")
+    trained = read_records(repo / "data/fractal/preferences.jsonl") + [
+        r for name in ("r1", "r2") for r in read_records(repo / f"data/curriculum/rounds/{name}.jsonl")
+    ]
+    assert not {prompt_key(r) for r in val} & {prompt_key(r) for r in trained}
+    for stage in ("sft/r1", "sft/r2"):
+        h = json.loads((repo / f"metrics/{stage}.json").read_text())["heldout"]
+        assert h["items"] == len(val) and all(math.isfinite(x) for x in [*h["start"].values(), *h["kept"].values()])
+    assert dpo["heldout"]["items"] == holdout["val_pairs"] == sum(r.rejected is not None for r in val)
     mt = json.loads((repo / "metrics/mt_bench.json").read_text())
     judged = mt["candidate"]["overall"]
     assert judged["judged"] + judged["failures"] == 2  # one question, two turns: every rating accounted for
@@ -91,6 +107,7 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
     assert len(history) == 1
     shown = run([*DVC, "plots", "show", "--json"], repo).stdout
     assert "metrics/sft/r1_loss.tsv" in shown and "metrics/dpo_loss.tsv" in shown
+    assert "metrics/sft/r1_heldout.tsv" in shown
     assert "metrics/curriculum/plan_tasks.json" in shown and "metrics/curriculum/mfd_histogram.json" in shown
     again = run([*DVC, "repro"], repo).stdout
     assert "Data and pipelines are up to date" in again
@@ -255,6 +272,7 @@ asyncio.run(main())
             "ingest",
             "validate",
             "annotate",
+            "holdout",
             "synthesize",
             "difficulty",
             "refine",

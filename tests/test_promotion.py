@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tunefold.config import GateSettings
-from tunefold.cycle.promotion import Scores, decide
+from tunefold.cycle.promotion import Scores, decide, heldout_scores
 from tunefold.pipeline.lock import WorkspaceLock
 
 GATE = GateSettings(mt_bench_tolerance=0.2, flask_tolerance=0.25, max_failure_rate=0.1)
@@ -172,3 +173,30 @@ def test_the_gate_reads_the_judge_audit_from_the_summary() -> None:
     assert s.judge_trusted is False and s.judge == "tiny"
     assert any("6/6 verdicts followed position" in n for n in s.judge_notes)
     assert Scores.from_summary(summary).judge_trusted is None  # not audited
+
+
+def heldout(sft_loss: float | None = None, accuracy: float | None = None, data: str = "split-1") -> dict:
+    """The training metrics' `heldout` blocks as `heldout_scores` reads them."""
+    sft = {"heldout": {"items": 8, "data_sha256": data, "kept": {"loss": sft_loss}}} if sft_loss is not None else None
+    dpo = {"heldout": {"items": 4, "data_sha256": data, "kept": {"reward_accuracy": accuracy}}} if accuracy else None
+    return heldout_scores(sft, dpo)
+
+
+def test_held_out_numbers_veto_whatever_the_judge_says() -> None:
+    better = scores(7.0, per_question=questions(5.0, shift=2.0))  # the judge: clearly better than the champion
+    champion = replace(scores(5.0, per_question=questions(5.0)), heldout=heldout(1.50, 0.75))
+
+    def against(sft_loss: float | None, accuracy: float | None, data: str = "split-1") -> object:
+        return decide(replace(better, heldout=heldout(sft_loss, accuracy, data)), champion, GATE, "model-v1")
+
+    assert against(1.51, 0.75).promote  # within 0.02 nats and 0.05 accuracy
+    d = against(1.53, 0.75)
+    assert not d.promote and d.reason.startswith("rejected by heldout_sft_loss: 1.53 vs 1.5")
+    d = against(1.40, 0.625)
+    assert not d.promote and d.reason.startswith("rejected by heldout_dpo_reward_accuracy: 0.625 vs 0.75")
+    # not comparable: another split, or a number missing on one side; said so, and the judge decides
+    for d in (against(2.0, 0.1, data="split-2"), against(None, None)):
+        assert d.promote and all(c.passed for c in d.checks if c.name.startswith("heldout"))
+    notes = [c.note for c in against(2.0, 0.1, data="split-2").checks if c.name.startswith("heldout")]
+    assert notes == ["not compared: measured on different held-out data (the split changed with the data)"] * 2
+    assert "the challenger has no held-out sft number" in against(None, 0.75).checks[2].note

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -30,6 +31,16 @@ QA = [
     ("What is frozen water called?", "Ice."),
     ("What is the opposite of hot?", "Cold."),
     ("How many days are in a week?", "Seven."),
+]
+HELD_OUT_PAIRS = [  # (messages, source, rejected): questions the toy set does not have
+    ([Message(role="user", content=q), Message(role="assistant", content=a)], f"v:{i}", bad)
+    for i, (q, a, bad) in enumerate(
+        [
+            ("What colour is grass?", "Green.", "Banana."),
+            ("How many wheels does a bicycle have?", "Two.", "Purple, probably."),
+            ("What do bees make?", "Honey.", "Ninety."),
+        ]
+    )
 ]
 BAD = ["I am not sure, it might depend on many things and I cannot say.", "Banana.", "Purple, probably.", "Ninety."]
 
@@ -185,6 +196,61 @@ def test_second_round_continues_from_the_first(sft_run: dict, base_model: Path) 
     assert m["first_loss"] < sft_run["metrics"]["first_loss"] * 0.8  # it starts where round 1 ended
 
 
+def test_a_round_is_validated_on_held_out_data_and_keeps_its_best_checkpoint(base_model: Path, tmp_path: Path) -> None:
+    """Trained at a high rate on wrong answers, the model gets worse on held-out questions with right answers: the
+    held-out loss is measured at the start and every step, and the adapter written is the checkpoint with the lowest
+    held-out loss (byte for byte its weights). Trained on right answers with `keep: last`, the last step is written.
+    The gate then refuses the wrong-answer model against the right-answer one although its judge scores are
+    higher: the held-out numbers are the real ones of these two runs."""
+    from safetensors.torch import load_file
+
+    from tasks.sft import train_sft
+    from tunefold.config import GateSettings
+    from tunefold.cycle.promotion import Scores, decide, heldout_scores
+
+    wrong = [
+        make_record([Message(role="user", content=q), Message(role="assistant", content="Banana.")], f"w:{i}")
+        for i, (q, _) in enumerate(QA)
+    ]
+    val = write_jsonl(tmp_path / "val.jsonl", [make_record(msgs, src) for msgs, src, _ in HELD_OUT_PAIRS])
+    cfg = config(write_jsonl(tmp_path / "wrong.jsonl", wrong), base_model, max_steps=4, learning_rate=5e-3)
+    cfg = cfg.model_copy(update={"save_steps": 1, "eval_steps": 1, "keep": "best"})
+    m = train_sft(cfg, "r1", base_model, tmp_path / "a", tmp_path / "ca", tmp_path / "a.tsv", val, tmp_path / "v.tsv")
+    h = m["heldout"]
+    assert h["items"] == len(HELD_OUT_PAIRS) and h["evaluations"] == 5  # the start and steps 1-4
+    rows = [line.split("\t") for line in (tmp_path / "v.tsv").read_text().splitlines()[1:]]
+    losses = {int(step): float(loss) for step, loss in rows}
+    assert set(losses) == {0, 1, 2, 3, 4} and losses[0] == pytest.approx(h["start"]["loss"], abs=1e-4)
+    assert h["start"]["perplexity"] == pytest.approx(math.exp(h["start"]["loss"]), rel=1e-3)
+    best = min((1, 2, 3, 4), key=lambda s: losses[s])
+    assert h["kept_checkpoint"] == f"checkpoint-{best}" and h["kept"]["loss"] == pytest.approx(losses[best], abs=1e-4)
+    assert h["last"]["loss"] == pytest.approx(losses[4], abs=1e-4) and m["keep"] == "best"
+    written = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    chosen = load_file(tmp_path / "ca" / f"checkpoint-{best}" / "adapter_model.safetensors")
+    assert written.keys() == chosen.keys() and all((written[k] == chosen[k]).all() for k in written)
+
+    right = cfg.model_copy(
+        update={
+            "keep": "last",
+            "rounds": {"r1": cfg.rounds["r1"].model_copy(update={"data": str(write_data(tmp_path / "right.jsonl"))})},
+        }
+    )
+    good = train_sft(
+        right, "r1", base_model, tmp_path / "b", tmp_path / "cb", tmp_path / "b.tsv", val, tmp_path / "w.tsv"
+    )
+    assert good["heldout"]["kept_checkpoint"] == "last step" and good["heldout"]["kept"] == good["heldout"]["last"]
+    assert h["kept"]["loss"] > good["heldout"]["kept"]["loss"] + 0.02  # the premise: wrong answers did harm
+
+    def scores(mt_bench: float, metrics: dict) -> Scores:
+        return Scores(mt_bench, 10, 0, {}, 0, 0, judge="j", judge_trusted=True, heldout=heldout_scores(metrics, None))
+
+    d = decide(scores(9.5, m), scores(5.0, good), GateSettings(), "model-v1")  # the judge prefers the challenger
+    assert not d.promote and d.reason.startswith("rejected by heldout_sft_loss"), d.reason
+    other_val = good | {"heldout": good["heldout"] | {"data_sha256": "another split"}}
+    d = decide(scores(9.5, m), scores(5.0, other_val), GateSettings(), "model-v1")
+    assert "different held-out data" in next(c.note for c in d.checks if c.name == "heldout_sft_loss")
+
+
 def test_dpo_raises_the_reward_margin(sft_run: dict, base_model: Path) -> None:
     from tasks.dpo import train_dpo
     from tunefold.train.models import load_trained
@@ -200,9 +266,19 @@ def test_dpo_raises_the_reward_margin(sft_run: dict, base_model: Path) -> None:
         batch_size=2,
         max_length=128,
     )
-    m = train_dpo(cfg, sft_run["cfg"], base_model, work / "dpo", work / "dpo_ckpt", work / "dpo.tsv")
+    val = write_jsonl(work / "val_pairs.jsonl", [make_record(*pair) for pair in HELD_OUT_PAIRS])
+    m = train_dpo(
+        cfg, sft_run["cfg"], base_model, work / "dpo", work / "dpo_ckpt", work / "dpo.tsv", val, work / "dpo_val.tsv"
+    )
     assert m["pairs"] == len(QA) and m["steps"] == 8
     assert m["last_reward_margin"] > m["first_reward_margin"] + 0.05, m
+    # held out: trl's own eval metrics before (policy = reference: margin 0, no pair won) and after training
+    h = m["heldout"]
+    assert h["items"] == len(HELD_OUT_PAIRS) and h["start"]["reward_margin"] == 0 == h["start"]["reward_accuracy"]
+    assert all(math.isfinite(v) for side in ("start", "last", "kept") for v in h[side].values())
+    assert h["kept"] == h["last"] and h["kept_checkpoint"] == "last step"  # DPO keeps its last step
+    rows = (work / "dpo_val.tsv").read_text().splitlines()
+    assert rows[0] == "step\teval_loss\teval_rewards_accuracies\teval_rewards_margins" and rows[1].startswith("0\t")
     assert not (work / "dpo" / "ref").exists()  # the frozen reference copy is not part of the output
     load_trained(base_model, work / "dpo")  # base + the DPO-trained SFT adapter
     half = train_dpo(

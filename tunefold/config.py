@@ -233,6 +233,14 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, ge=1)
     warmup: float = Field(0.0, ge=0.0, description="warmup steps (an integer) or share of all steps (in [0, 1))")
     save_steps: int = Field(10, ge=1, description="checkpoint every N optimizer steps (for resume)")
+    eval_steps: int | None = Field(
+        None, ge=1, description="held-out evaluation every N steps (and at the start and end); null: save_steps"
+    )
+    keep: Literal["last", "best"] = Field(
+        "best",
+        description="the adapter an SFT round writes: its last step, or its checkpoint with the lowest held-out loss "
+        "(`holdout` split; without held-out data, the last)",
+    )
     logging_steps: int = Field(1, ge=1)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -261,6 +269,15 @@ class TrainConfig(Section):
         "template exists, else prompt_completion. The SFT metrics record the one used as `loss_mask`",
     )
     rounds: dict[str, SFTRound] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _best_needs_aligned_steps(self) -> TrainConfig:
+        if self.keep == "best" and self.eval_steps and self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"keep: best needs save_steps ({self.save_steps}) to be a multiple of eval_steps ({self.eval_steps}): "
+                "only an evaluated checkpoint can be the best"
+            )
+        return self
 
 
 class DPOSettings(Section):
@@ -448,7 +465,7 @@ class SynthesizeSettings(Section):
     """CodecLM: metadata pool -> basic instructions -> Self-Rubrics rewrites, kept by Contrastive Filtering."""
 
     seeds: str = Field(
-        "data/curriculum/annotated.jsonl",
+        "data/holdout/train.jsonl",
         description="seed instructions: annotated records, or any file ingest reads (e.g. Self-Instruct seed tasks)",
     )
     seed_limit: int | None = Field(None, ge=1, description="only the first N seeds")
@@ -576,6 +593,23 @@ class FractalConfig(Section):
     seed: int = 0
 
 
+class HoldoutConfig(Section):
+    """The held-out validation split and decontamination (stage `holdout`, between `annotate` and the curriculum)."""
+
+    val_fraction: float = Field(
+        0.1, ge=0, lt=0.5, description="share of prompt groups held out for validation (stratified by source, task)"
+    )
+    min_val: int = Field(8, ge=0, description="hold out at least this many prompt groups (at most half of them)")
+    seed: int = 0
+    decontaminate: bool = Field(True, description="quarantine training rows that contain an evaluation question")
+    ngram: int = Field(13, ge=4, description="a shared run of this many words is a contamination (lm-eval-harness: 13)")
+    eval_sets: list[str] = Field(
+        default_factory=list,
+        description="more evaluation sets to keep out of training (JSONL: turns, instruction, question or prompt); "
+        "MT-Bench and FLASK (eval.*) are always checked",
+    )
+
+
 class GateSettings(Section):
     """When a retrained model (the challenger) replaces the current one (the champion)."""
 
@@ -597,6 +631,19 @@ class GateSettings(Section):
         True,
         description="against a champion, promote only when the judge audit trusts the judge (eval.audit); the "
         "first model is promoted on parsed judgments alone",
+    )
+    heldout_loss_tolerance: float = Field(
+        0.02,
+        ge=0,
+        description="rejected, whatever the judges say, when the last SFT round's held-out loss is above the "
+        "champion's by more than this (nats per token; same held-out data only)",
+    )
+    reward_accuracy_tolerance: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="rejected, whatever the judges say, when DPO's held-out reward accuracy is below the "
+        "champion's by more than this (same held-out pairs only)",
     )
 
 
@@ -633,6 +680,7 @@ class Params(Section):
     curriculum: CurriculumConfig = CurriculumConfig()
     eval: EvalConfig = EvalConfig()
     fractal: FractalConfig = FractalConfig()
+    holdout: HoldoutConfig = HoldoutConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     cycle: CycleConfig = CycleConfig()
 

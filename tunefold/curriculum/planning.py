@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunefold.data.records import Record
+from tunefold.data.subsets import apportion
 from tunefold.errors import InputError
 
 
@@ -20,16 +21,6 @@ def task_of(r: Record) -> str:
 
 def mfd_of(r: Record) -> float:
     return float(r.metadata.get("mfd", 0.0))
-
-
-def apportion(shares: dict[str, float], total: int) -> dict[str, int]:
-    """Largest-remainder rounding: integer counts summing to `total`, each within 1 of share x total."""
-    raw = {k: v * total for k, v in shares.items()}
-    counts = {k: math.floor(x) for k, x in raw.items()}
-    left = total - sum(counts.values())
-    for k in sorted(raw, key=lambda k: (counts[k] - raw[k], k))[:left]:
-        counts[k] += 1
-    return counts
 
 
 # (task type, its records hardest first, how many more it needs) -> new records of that type (possibly fewer)

@@ -1,7 +1,8 @@
-"""The promotion gate: a retrained model (challenger) replaces the current one (champion) only when the
-evaluation says it is not worse, by a judge that can tell answers apart. Pure functions over the evaluation summary
-(`reports/eval/summary.json`), so every rule is tested on hand-written scores, and every number behind a decision is
-kept with it."""
+"""The promotion gate: a retrained model (challenger) replaces the current one (champion) only when it is not
+worse on held-out data (the training stages' own validation, which no judge can sway) and the evaluation says it
+is not worse, by a judge that can tell answers apart. Pure functions over the evaluation summary
+(`reports/eval/summary.json`) and the training metrics, so every rule is tested on given scores, and every number
+behind a decision is kept with it."""
 
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ class Scores:
     judge: str | None = None
     judge_trusted: bool | None = None  # the judge audit's verdict (None: not audited)
     judge_notes: list[str] = field(default_factory=list)
+    heldout: dict[str, Any] = field(default_factory=dict)  # `heldout_scores` of the training metrics
 
     @classmethod
-    def from_summary(cls, s: dict[str, Any]) -> Scores:
+    def from_summary(cls, s: dict[str, Any], heldout: dict[str, Any] | None = None) -> Scores:
         mt, fl = s.get("mt_bench", {}), s.get("flask", {})
         skills = {k: float(v["mean"]) for k, v in fl.get("skills", {}).items() if v.get("mean") is not None}
         audit = s.get("audit") or {}
@@ -47,12 +49,24 @@ class Scores:
             judge=(s.get("judge") or {}).get("mt_bench"),
             judge_trusted=audit.get("trusted"),
             judge_notes=[c["sentence"] for c in audit.get("checks", []) if c["status"] in ("fail", "not_measured")],
+            heldout=heldout or {},
         )
 
     @property
     def failure_rate(self) -> float:
         asked = self.mt_bench_judged + self.mt_bench_failures + self.flask_judged + self.flask_failures
         return (self.mt_bench_failures + self.flask_failures) / asked if asked else 1.0
+
+
+def heldout_scores(sft: dict[str, Any] | None, dpo: dict[str, Any] | None) -> dict[str, Any]:
+    """What the gate compares of the training stages' held-out validation: the last SFT round's kept loss and
+    DPO's reward accuracy after training, each with the hash of the data it was measured on."""
+    out: dict[str, Any] = {}
+    for name, metrics, key, value in (("sft", sft, "loss", "loss"), ("dpo", dpo, "reward_accuracy", "reward_accuracy")):
+        h = (metrics or {}).get("heldout") or {}
+        if h.get("items") and key in h.get("kept", {}):
+            out[name] = {value: h["kept"][key], "data_sha256": h["data_sha256"], "items": h["items"]}
+    return out
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,9 @@ def decide(challenger: Scores, champion: Scores | None, gate: GateSettings, cham
         return Decision(False, _failed(checks), checks)
     if champion is None:
         return Decision(True, "first model: no champion to beat", checks)
+    checks += heldout_checks(challenger.heldout, champion.heldout, gate)
+    if not all(c.passed for c in checks):
+        return Decision(False, _failed(checks), checks)
     if gate.require_trusted_judge:
         notes = "; ".join(challenger.judge_notes) or "the judge was not audited"
         checks.append(Check("judge_trusted", challenger.judge_trusted is True, challenger.judge_trusted, note=notes))
@@ -174,6 +191,37 @@ def decide(challenger: Scores, champion: Scores | None, gate: GateSettings, cham
     )
     ok = wins > losses
     return Decision(ok, "MT-Bench tie, won pairwise against the champion" if ok else _failed(checks), checks)
+
+
+def heldout_checks(challenger: dict[str, Any], champion: dict[str, Any], gate: GateSettings) -> list[Check]:
+    """Held-out loss (SFT) and reward accuracy (DPO) against the champion's, measured on the same held-out data;
+    where the data differ or a side has no number, a passing check that says it could not compare."""
+    rules = (
+        ("sft", "loss", "heldout_sft_loss", gate.heldout_loss_tolerance, 1),
+        ("dpo", "reward_accuracy", "heldout_dpo_reward_accuracy", gate.reward_accuracy_tolerance, -1),
+    )
+    checks = []
+    for stage, key, name, tolerance, worse in rules:  # worse: +1 when higher is worse (a loss), -1 when lower is
+        ch, cp = challenger.get(stage), champion.get(stage)
+        if ch is None or cp is None:
+            side = "the challenger" if ch is None else "the champion"
+            checks.append(Check(name, True, None, note=f"not compared: {side} has no held-out {stage} number"))
+        elif ch["data_sha256"] != cp["data_sha256"]:
+            note = "not compared: measured on different held-out data (the split changed with the data)"
+            checks.append(Check(name, True, ch[key], cp[key], note=note))
+        else:
+            d = ch[key] - cp[key]
+            checks.append(
+                Check(
+                    name,
+                    worse * d <= tolerance,
+                    ch[key],
+                    cp[key],
+                    worse * tolerance,
+                    f"delta {d:+.4f} on {ch['items']} held-out items",
+                )
+            )
+    return checks
 
 
 def _failed(checks: list[Check]) -> str:

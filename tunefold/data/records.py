@@ -50,6 +50,11 @@ class Record(BaseModel):
         """The last user turn: what an answer is rated against."""
         return next((m.content for m in reversed(self.prompt) if m.role == "user"), "")
 
+    @property
+    def source_name(self) -> str:
+        """The source's name given in `ingest`, else the file it was read from."""
+        return str(self.metadata.get("source_name") or self.source.rsplit(":", 1)[0])
+
 
 def _canonical(messages: list[Message], rejected: str | None) -> str:
     body = {"messages": [[m.role, m.content] for m in messages], "rejected": rejected}

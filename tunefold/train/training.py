@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -42,10 +43,24 @@ def schedule_args(
     learning_rate: float,
     epochs: float,
     max_steps: int,
+    heldout: bool = False,
+    keep_best: bool = False,
 ) -> dict[str, Any]:
     """What SFT and DPO configs share: schedule (gradient accumulation, warmup), checkpoints every `save_steps`
-    (the last two kept), seeds, device."""
+    (the last two kept, and the best by held-out loss with `keep_best`), held-out evaluation every `eval_steps`
+    when there is held-out data, seeds, device."""
+    evaluation: dict[str, Any] = {"eval_strategy": "no"}
+    if heldout:
+        evaluation = {
+            "eval_strategy": "steps",
+            "eval_steps": cfg.eval_steps or cfg.save_steps,
+            "per_device_eval_batch_size": batch_size,
+        }
+        if keep_best:
+            best = {"load_best_model_at_end": True, "metric_for_best_model": "eval_loss", "greater_is_better": False}
+            evaluation |= best
     return {
+        **evaluation,
         "output_dir": str(ckpt_dir),
         "per_device_train_batch_size": batch_size,
         "gradient_accumulation_steps": cfg.grad_accum,
@@ -344,20 +359,44 @@ class ResumeGuard:
 
 
 CURVE_KEYS = ("loss", "learning_rate", "grad_norm", "rewards/margins", "rewards/accuracies", "num_tokens")
+HELDOUT_KEYS = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins")
 
 
-def write_curve(log_history: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
-    """Loss curve as TSV for `dvc plots`: one row per logged step (the history survives a resume)."""
+def write_curve(
+    log_history: list[dict[str, Any]], path: Path, keys: tuple[str, ...] = CURVE_KEYS, marker: str = "loss"
+) -> list[dict[str, Any]]:
+    """A curve as TSV for `dvc plots`: one row per logged step that has `marker` (the history survives a resume)."""
     rows = [
-        {"step": e["step"], **{k: e[k] for k in CURVE_KEYS if k in e}}
-        for e in log_history
-        if "loss" in e and "step" in e
+        {"step": e["step"], **{k: e[k] for k in keys if k in e}} for e in log_history if marker in e and "step" in e
     ]
-    cols = ["step", *[k for k in CURVE_KEYS if any(k in r for r in rows)]]
+    cols = ["step", *[k for k in keys if any(k in r for r in rows)]]
     lines = ["\t".join(c.replace("/", "_") for c in cols)]
     lines += ["\t".join(str(r.get(c, "")) for c in cols) for r in rows]
     write_text(path, "\n".join(lines) + "\n")
     return rows
+
+
+def evaluate_start(trainer: Any, ckpt_dir: Path, resume: str | None) -> dict[str, float]:
+    """The starting model's held-out metrics. Kept beside the checkpoints, so a resumed run reports the same
+    starting point rather than measuring a half-trained model."""
+    path = ckpt_dir / "heldout_start.json"
+    if resume and path.exists():
+        return json.loads(path.read_text())
+    metrics = trainer.evaluate()
+    if is_main_process():
+        write_json(path, metrics)
+    return metrics
+
+
+def heldout_numbers(m: dict[str, float], perplexity: bool) -> dict[str, float]:
+    """trl/transformers' eval_* metrics under plain names; perplexity = exp(loss) for a language-model loss."""
+    out = {"loss": round(m["eval_loss"], 4)}
+    if perplexity:
+        out["perplexity"] = round(math.exp(min(m["eval_loss"], 50.0)), 3)
+    for key, name in (("eval_rewards/accuracies", "reward_accuracy"), ("eval_rewards/margins", "reward_margin")):
+        if key in m:
+            out[name] = round(m[key], 4)
+    return out
 
 
 def train_and_save(
@@ -368,13 +407,16 @@ def train_and_save(
     out_dir: Path,
     curve_path: Path,
     write_extra: Callable[[Path], None] | None = None,
+    heldout: Heldout | None = None,
 ) -> dict[str, Any] | None:
-    """Train (from `resume` if set); then, on the main process only, write the adapter, tokenizer and `write_extra`
-    files atomically, mark the run finished and write the loss curve. Returns the metrics SFT and DPO share
-    (None on other ranks)."""
+    """Train (from `resume` if set); with `heldout`, evaluate the model training ends with (the best checkpoint
+    when the trainer loads it) on every rank. Then, on the main process only, write the adapter, tokenizer and
+    `write_extra` files atomically, mark the run finished and write the curves. Returns the metrics SFT and DPO
+    share (None on other ranks)."""
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
+    end = trainer.evaluate() if heldout else None
     tokens = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
     if not is_main_process():
         return None
@@ -386,7 +428,7 @@ def train_and_save(
         if write_extra:
             write_extra(tmp)
     guard.complete()
-    return {
+    metrics = {
         "steps": trainer.state.global_step,
         "processes": world_size(),  # data-parallel ranks
         "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0,
@@ -397,3 +439,33 @@ def train_and_save(
         "peak_gpu_memory_gb": peak_memory_gb(),
         "curve": write_curve(trainer.state.log_history, curve_path),
     }
+    if heldout and end is not None:
+        metrics["heldout"] = heldout.summary(trainer.state, end)
+    return metrics
+
+
+@dataclass
+class Heldout:
+    """The held-out side of a training stage: how many items, the starting model's metrics, where the curve goes."""
+
+    items: int
+    data_sha256: str  # what was held out: the gate compares two models only on the same held-out data
+    start: dict[str, float]
+    curve_path: Path
+    perplexity: bool  # a language-model loss (SFT), not DPO's
+
+    def summary(self, state: Any, end: dict[str, float]) -> dict[str, Any]:
+        """Start, the last step's and the kept model's held-out numbers, and which checkpoint was kept."""
+        history = [{"step": 0, **self.start}, *state.log_history]
+        rows = write_curve(history, self.curve_path, HELDOUT_KEYS, "eval_loss")
+        last = next((e for e in reversed(state.log_history) if "eval_loss" in e), end)
+        best = state.best_model_checkpoint
+        return {
+            "items": self.items,
+            "data_sha256": self.data_sha256,
+            "start": heldout_numbers(self.start, self.perplexity),
+            "last": heldout_numbers(last, self.perplexity),
+            "kept": heldout_numbers(end, self.perplexity),
+            "kept_checkpoint": Path(best).name if best else "last step",
+            "evaluations": len(rows),
+        }
