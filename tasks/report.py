@@ -190,6 +190,42 @@ def worst_answers(
     ]
 
 
+def _exact(x: float | None) -> str:
+    """Held-out losses differ in the third decimal: shown with four."""
+    return "" if x is None else f"{x:.4f}"
+
+
+def heldout_summary(sft_dir: Path | None, dpo_path: Path | None) -> dict[str, Any]:
+    """Each training stage's held-out numbers (rounds in file order), as the training metrics hold them."""
+    out: dict[str, Any] = {}
+    files = sorted(sft_dir.glob("*.json")) if sft_dir is not None and sft_dir.is_dir() else []
+    for path, name in [*((f, f"sft {f.stem}") for f in files), (dpo_path, "dpo")]:
+        if path is not None and path.exists():
+            h = read_json(path).get("heldout")
+            if h:
+                out[name] = h
+    return out
+
+
+def disagreement(summary: dict[str, Any]) -> str | None:
+    """A sentence when the judge and DPO's held-out numbers point opposite ways about candidate vs baseline (the
+    baseline being DPO's starting point), else None."""
+    paired, dpo = summary["mt_bench"].get("paired_vs_baseline"), summary.get("heldout", {}).get("dpo")
+    if not paired or not dpo or not dpo.get("items") or not summary.get("baseline_is_dpo_start"):
+        return None
+    judge = 1 if paired["low"] > 0 else -1 if paired["high"] < 0 else 0
+    heldout = -1 if dpo["kept"]["loss"] > dpo["start"]["loss"] else 1
+    if judge == 0 or judge == heldout:
+        return None
+    says = "better" if judge > 0 else "worse"
+    return (
+        f"The judge and the held-out data disagree: MT-Bench rates {summary['candidate']} {says} than "
+        f"{summary['baseline']} (paired interval [{paired['low']:+.2f}, {paired['high']:+.2f}]), while DPO's "
+        f"held-out loss went from {dpo['start']['loss']} to {dpo['kept']['loss']} on {dpo['items']} pairs it never "
+        "trained on. Trust neither alone."
+    )
+
+
 def render(
     summary: dict[str, Any], previous: dict[str, Any] | None, worst: list[dict[str, Any]], images: dict[str, bytes]
 ) -> Document:
@@ -232,6 +268,30 @@ def render(
                 ],
             )
         )
+    doc.add(Heading("Held-out validation"))
+    held = summary.get("heldout") or {}
+    if not held:
+        doc.add(Para("No training stage reported held-out numbers: nothing was validated on unseen data.", "warning"))
+    else:
+        table = [
+            [
+                name,
+                h.get("items", 0),
+                _exact(h.get("start", {}).get("loss")),
+                _exact(h.get("kept", {}).get("loss")),
+                _exact(h.get("kept", {}).get("perplexity")),
+                f"{h['start']['reward_accuracy']} -> {h['kept']['reward_accuracy']}"
+                if "reward_accuracy" in h.get("kept", {})
+                else "",
+                h.get("kept_checkpoint", h.get("note", "")),
+            ]
+            for name, h in held.items()
+        ]
+        doc.add(
+            Table(["stage", "held out", "loss at start", "loss kept", "perplexity", "reward accuracy", "kept"], table)
+        )
+        if sentence := disagreement(summary):
+            doc.add(Para(sentence, "warning"))
     doc.add(Heading("MT-Bench"))
     rows: list[list[Any]] = [
         [
@@ -335,6 +395,8 @@ def report(
     plots_dir: Path,
     sentence_scores: Path | None = None,
     audit_path: Path | None = None,
+    heldout_sft: Path | None = None,
+    heldout_dpo: Path | None = None,
 ) -> dict[str, Any]:
     cfg = ctx.params.eval
     if not mt_path.exists() or not fl_path.exists():
@@ -344,6 +406,9 @@ def report(
     audit = read_json(audit_path) if audit_path is not None and audit_path.exists() else None
     per_question = per_question_means([r for r in rows if r["model"] == candidate])
     summary = build_summary(read_json(mt_path), read_json(fl_path), candidate, baseline, per_question, audit)
+    summary["heldout"] = heldout_summary(heldout_sft, heldout_dpo)
+    dpo_start = ctx.params.dpo.init if ctx.params.dpo else None
+    summary["baseline_is_dpo_start"] = dpo_start is not None and cfg.baseline.adapter == dpo_start
     summary["evaluated_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     past = [json.loads(x) for x in history.read_text().splitlines() if x.strip()] if history.exists() else []
     previous = past[-1] if past else None
@@ -406,6 +471,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plots", type=Path, required=True, help="directory for the dvc plots data (JSON)")
     p.add_argument("--sentence-scores", type=Path, help="scores.jsonl of the sentence_scores stage (optional)")
     p.add_argument("--audit", type=Path, help="metrics JSON of the judge_audit stage (optional)")
+    p.add_argument("--heldout-sft", type=Path, help="directory of the SFT rounds' metrics (their held-out numbers)")
+    p.add_argument("--heldout-dpo", type=Path, help="metrics JSON of the dpo stage (its held-out numbers)")
 
 
 def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
@@ -420,6 +487,8 @@ def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
         args.plots,
         args.sentence_scores,
         args.audit,
+        args.heldout_sft,
+        args.heldout_dpo,
     )
 
 

@@ -153,3 +153,57 @@ def test_report_renders_tables_both_models_and_the_judge_audit(tmp_path: Path) -
         timeout=120,
     )
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_the_report_shows_held_out_numbers_and_says_when_the_judge_disagrees() -> None:
+    from tasks.report import disagreement, render
+
+    dpo = {
+        "items": 4,
+        "start": {"loss": 0.6931, "reward_accuracy": 0.0},
+        "kept": {"loss": 0.75, "reward_accuracy": 0.25},
+    }
+    sft = {"items": 8, "start": {"loss": 2.1, "perplexity": 8.17}, "kept": {"loss": 1.9, "perplexity": 6.69}}
+    summary = {
+        "candidate": "candidate",
+        "baseline": "sft",
+        "baseline_is_dpo_start": True,
+        "mt_bench": {"paired_vs_baseline": {"difference": 0.8, "low": 0.2, "high": 1.4, "questions": 20}},
+        "heldout": {"sft r1": sft | {"kept_checkpoint": "checkpoint-4"}, "dpo": dpo | {"kept_checkpoint": "last step"}},
+    }
+    sentence = disagreement(summary)
+    assert sentence is not None and "rates candidate better than sft" in sentence and "0.6931 to 0.75" in sentence
+    # agreement, a tie, another baseline, or nothing held out: no sentence
+    agree = summary | {"heldout": {"dpo": dpo | {"kept": dpo["kept"] | {"loss": 0.6}}}}
+    tie = summary | {"mt_bench": {"paired_vs_baseline": {"low": -0.3, "high": 1.4}}}
+    other = summary | {"baseline_is_dpo_start": False}
+    assert [disagreement(s) for s in (agree, tie, other, summary | {"heldout": {}})] == [None] * 4
+    full = {
+        "mt_bench": {
+            "settings": {},
+            "comparability": None,
+            "overall": 9.0,
+            "interval": None,
+            "baseline_overall": None,
+            "judged": 2,
+            "failures": 0,
+            "categories": {},
+            "paired_vs_baseline": None,
+        },
+        "flask": {
+            "comparability": None,
+            "failures": 0,
+            "skills": {},
+            "na": {},
+            "baseline_skills": {},
+            "annotation_failures": 0,
+            "hard_skills": {},
+        },
+        "judge": {"mt_bench": "j", "flask": "j", "cost_usd": 0.0, "truncated_replies": 0, "transport_retries": 0},
+    }
+    markdown = render(summary | full | {"mt_bench": full["mt_bench"] | summary["mt_bench"]}, None, [], {}).markdown()
+    assert (
+        "## Held-out validation" in markdown
+        and "| dpo | 4 | 0.6931 | 0.7500 |  | 0.0 -> 0.25 | last step |" in markdown
+    )
+    assert "| sft r1 | 8 | 2.1000 | 1.9000 | 6.6900 |  | checkpoint-4 |" in markdown and sentence in markdown
