@@ -466,7 +466,9 @@ def stage_params(tmp_path: Path, data: Path, base: Path, lr: float, processes: i
     return path
 
 
-def run_sft(tmp_path: Path, params: Path, base: Path, env: dict | None = None, **popen) -> subprocess.Popen:
+def run_sft(
+    tmp_path: Path, params: Path, base: Path, env: dict | None = None, extra: tuple[str, ...] = (), **popen
+) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -485,6 +487,7 @@ def run_sft(tmp_path: Path, params: Path, base: Path, env: dict | None = None, *
         str(tmp_path / "loss.tsv"),
         "--metrics",
         str(tmp_path / "m.json"),
+        *extra,
     ]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, **popen)
 
@@ -508,11 +511,13 @@ def test_a_checkpoint_torn_by_a_kill_while_saving_is_skipped(tmp_path: Path) -> 
 
 def test_training_stage_launches_itself_on_two_ranks_and_writes_once(base_model: Path, tmp_path: Path) -> None:
     """`train.processes: 2` makes the plain stage command (what dvc.yaml, the flow and `tunefold stage` run) start
-    two data-parallel ranks, gloo on the CPU as NCCL would be on GPUs; rank 0 alone writes the adapter,
-    checkpoints, curve and metrics."""
+    two data-parallel ranks, gloo on the CPU as NCCL would be on GPUs; both evaluate the held-out set, rank 0 alone
+    writes the adapter, checkpoints, curves and metrics."""
     data = write_data(tmp_path / "d.jsonl")
+    val = write_jsonl(tmp_path / "val.jsonl", [make_record(msgs, src) for msgs, src, _ in HELD_OUT_PAIRS])
     params = stage_params(tmp_path, data, base_model, 1e-3, processes=2)
-    proc = run_sft(tmp_path, params, base_model, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    extra = ("--val", str(val), "--heldout-curve", str(tmp_path / "val.tsv"))
+    proc = run_sft(tmp_path, params, base_model, extra=extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     assert "launching tasks.sft on 2 ranks" in err
@@ -522,6 +527,8 @@ def test_training_stage_launches_itself_on_two_ranks_and_writes_once(base_model:
     assert json.loads((tmp_path / "ckpt" / "run.json").read_text())["completed"]
     steps = [int(line.split("\t")[0]) for line in (tmp_path / "loss.tsv").read_text().splitlines()[1:]]
     assert steps == list(range(1, 9))
+    held = [int(line.split("\t")[0]) for line in (tmp_path / "val.tsv").read_text().splitlines()[1:]]
+    assert held == [0, 2, 4, 6, 8] and m["heldout"]["items"] == len(HELD_OUT_PAIRS)  # every save_steps, once each
     assert not list(tmp_path.glob("adapter.*")) and not list(tmp_path.glob(".adapter*"))  # no half-written copies
 
 

@@ -416,6 +416,7 @@ def train_and_save(
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
+    history = list(trainer.state.log_history)  # before the final evaluation adds its own entry
     end = trainer.evaluate() if heldout else None
     tokens = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
     if not is_main_process():
@@ -437,10 +438,10 @@ def train_and_save(
         "real_tokens": int(tokens),  # unpadded tokens trained on, all ranks (trl's num_tokens)
         "real_tokens_per_second": round(tokens / seconds, 1) if seconds and not resume else None,
         "peak_gpu_memory_gb": peak_memory_gb(),
-        "curve": write_curve(trainer.state.log_history, curve_path),
+        "curve": write_curve(history, curve_path),
     }
     if heldout and end is not None:
-        metrics["heldout"] = heldout.summary(trainer.state, end)
+        metrics["heldout"] = heldout.summary(history, trainer.state.best_model_checkpoint, end)
     return metrics
 
 
@@ -454,12 +455,10 @@ class Heldout:
     curve_path: Path
     perplexity: bool  # a language-model loss (SFT), not DPO's
 
-    def summary(self, state: Any, end: dict[str, float]) -> dict[str, Any]:
+    def summary(self, history: list[dict[str, Any]], best: str | None, end: dict[str, float]) -> dict[str, Any]:
         """Start, the last step's and the kept model's held-out numbers, and which checkpoint was kept."""
-        history = [{"step": 0, **self.start}, *state.log_history]
-        rows = write_curve(history, self.curve_path, HELDOUT_KEYS, "eval_loss")
-        last = next((e for e in reversed(state.log_history) if "eval_loss" in e), end)
-        best = state.best_model_checkpoint
+        rows = write_curve([{"step": 0, **self.start}, *history], self.curve_path, HELDOUT_KEYS, "eval_loss")
+        last = next((e for e in reversed(history) if "eval_loss" in e), end)
         return {
             "items": self.items,
             "data_sha256": self.data_sha256,
