@@ -69,6 +69,7 @@ def point(rev: str) -> dict[str, Any]:
         "steps": dpo["steps"],
         "train_loss": dpo.get("train_loss"),
         "last_reward_margin": dpo.get("last_reward_margin"),
+        "heldout": _heldout(dpo.get("heldout") or {}),
         "mt_bench": overall.get("mean"),
         "interval": overall.get("interval"),
         "judged": overall.get("judged"),
@@ -79,6 +80,17 @@ def point(rev: str) -> dict[str, Any]:
         "baseline": baseline,
         "judge": mt.get("judge"),
     }
+
+
+def _heldout(h: dict[str, Any]) -> str:
+    """DPO's held-out reward accuracy and loss, start -> end ("-" for runs from before held-out validation)."""
+    if not h.get("items"):
+        return "-"
+    start, kept = h["start"], h["kept"]
+    return (
+        f"{start['reward_accuracy']:.2f} -> {kept['reward_accuracy']:.2f}, "
+        f"loss {start['loss']:.4f} -> {kept['loss']:.4f} ({h['items']} pairs)"
+    )
 
 
 def experiments(baseline: str) -> list[str]:
@@ -94,6 +106,7 @@ COLUMNS = [
     "DPO steps",
     "train loss",
     "last reward margin",
+    "held-out reward accuracy",
     "MT-Bench (95% CI; judged/failed)",
     "vs baseline W/T/L/err",
     "paired diff [95% CI]",
@@ -109,7 +122,8 @@ def table(points: list[dict[str, Any]]) -> str:
         d, dl, dh = p["paired"]
         lines.append(
             f"| {p['fraction']:g} | {p['pairs']} ({src}) | {p['steps']} | {p['train_loss']} | "
-            f"{p['last_reward_margin']:.4f} | {p['mt_bench']} ({lo}-{hi}; {p['judged']}/{p['failures']}) | "
+            f"{p['last_reward_margin']:.4f} | {p['heldout']} | "
+            f"{p['mt_bench']} ({lo}-{hi}; {p['judged']}/{p['failures']}) | "
             f"{'/'.join(str(x) for x in p['wtl'])} | {d} [{dl}, {dh}] | {p['flask_mean']} |"
         )
     return "\n".join(lines)
