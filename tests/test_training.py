@@ -55,6 +55,12 @@ def write_data(path: Path, prefs: bool = False) -> Path:
     return path
 
 
+def held_out(path: Path, pairs: bool) -> Path:
+    """HELD_OUT_PAIRS as records: conversations for SFT, preference pairs for DPO."""
+    write_jsonl(path, [make_record(msgs, src, rejected=bad if pairs else None) for msgs, src, bad in HELD_OUT_PAIRS])
+    return path
+
+
 def config(data: Path, init: Path, **round_kw) -> TrainConfig:
     rnd = SFTRound(data=str(data), init=str(init), **({"epochs": 1, "learning_rate": 2e-3, "max_steps": 6} | round_kw))
     return TrainConfig(
@@ -212,8 +218,9 @@ def test_a_round_is_validated_on_held_out_data_and_keeps_its_best_checkpoint(bas
         make_record([Message(role="user", content=q), Message(role="assistant", content="Banana.")], f"w:{i}")
         for i, (q, _) in enumerate(QA)
     ]
-    val = write_jsonl(tmp_path / "val.jsonl", [make_record(msgs, src) for msgs, src, _ in HELD_OUT_PAIRS])
-    cfg = config(write_jsonl(tmp_path / "wrong.jsonl", wrong), base_model, max_steps=4, learning_rate=5e-3)
+    val = held_out(tmp_path / "val.jsonl", pairs=False)
+    write_jsonl(tmp_path / "wrong.jsonl", wrong)
+    cfg = config(tmp_path / "wrong.jsonl", base_model, max_steps=4, learning_rate=5e-3)
     cfg = cfg.model_copy(update={"save_steps": 1, "eval_steps": 1, "keep": "best"})
     m = train_sft(cfg, "r1", base_model, tmp_path / "a", tmp_path / "ca", tmp_path / "a.tsv", val, tmp_path / "v.tsv")
     h = m["heldout"]
@@ -266,7 +273,7 @@ def test_dpo_raises_the_reward_margin(sft_run: dict, base_model: Path) -> None:
         batch_size=2,
         max_length=128,
     )
-    val = write_jsonl(work / "val_pairs.jsonl", [make_record(*pair) for pair in HELD_OUT_PAIRS])
+    val = held_out(work / "val_pairs.jsonl", pairs=True)
     m = train_dpo(
         cfg, sft_run["cfg"], base_model, work / "dpo", work / "dpo_ckpt", work / "dpo.tsv", val, work / "dpo_val.tsv"
     )
@@ -514,7 +521,7 @@ def test_training_stage_launches_itself_on_two_ranks_and_writes_once(base_model:
     two data-parallel ranks, gloo on the CPU as NCCL would be on GPUs; both evaluate the held-out set, rank 0 alone
     writes the adapter, checkpoints, curves and metrics."""
     data = write_data(tmp_path / "d.jsonl")
-    val = write_jsonl(tmp_path / "val.jsonl", [make_record(msgs, src) for msgs, src, _ in HELD_OUT_PAIRS])
+    val = held_out(tmp_path / "val.jsonl", pairs=False)
     params = stage_params(tmp_path, data, base_model, 1e-3, processes=2)
     extra = ("--val", str(val), "--heldout-curve", str(tmp_path / "val.tsv"))
     proc = run_sft(tmp_path, params, base_model, extra=extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
