@@ -140,8 +140,10 @@ def challenger(
     v1_data = (repo / "data/sample/alpaca.jsonl").read_text()
     row = {"instruction": "Name three primary colours.", "input": "", "output": "Red, yellow and blue."}
     (repo / "data/sample/alpaca.jsonl").write_text(v1_data + json.dumps(row) + "\n")
-    # (The audit would reject the embedded judge first; it is switched off to exercise the tie rule end to end.)
+    # (The audit would reject the embedded judge first, and a few steps' noise in held-out loss could too; both are
+    # switched off to exercise the tie rule end to end.)
     gate = {"max_failure_rate": 1.0, "mt_bench_tolerance": 100.0, "flask_tolerance": 5.0}
+    gate |= {"heldout_loss_tolerance": 100.0, "reward_accuracy_tolerance": 1.0}
     set_params(repo, cycle={"gate": gate | {"require_trusted_judge": False}})
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["rounds"]["r1"] |= {"max_steps": 6, "learning_rate": 1.0e-4}
