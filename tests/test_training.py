@@ -551,8 +551,9 @@ def test_a_rank_that_fails_ends_the_launch_with_its_message(base_model: Path, tm
 
 def test_sigkill_mid_training_resumes_to_the_same_step_count(base_model: Path, tmp_path: Path) -> None:
     data = write_data(tmp_path / "d.jsonl")
+    held = ("--val", str(held_out(tmp_path / "val.jsonl", pairs=False)), "--heldout-curve", str(tmp_path / "v.tsv"))
     params = stage_params(tmp_path, data, base_model, 1e-3)
-    proc = run_sft(tmp_path, params, base_model, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = run_sft(tmp_path, params, base_model, extra=held, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not (tmp_path / "ckpt" / "checkpoint-4").exists() and time.monotonic() < deadline:
         assert proc.poll() is None, "training ended before it could be killed"
@@ -569,13 +570,17 @@ def test_sigkill_mid_training_resumes_to_the_same_step_count(base_model: Path, t
     assert refused.returncode == 2 and "unfinished run with different data or training params" in err
     # ...the original params resume it
     params = stage_params(tmp_path, data, base_model, 1e-3)
-    done = run_sft(tmp_path, params, base_model, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = run_sft(tmp_path, params, base_model, extra=held, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, err = done.communicate()
     assert done.returncode == 0, err
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["steps"] == 8 and m["resumed_from_step"] >= 4
     steps = [int(line.split("\t")[0]) for line in (tmp_path / "loss.tsv").read_text().splitlines()[1:]]
     assert steps == list(range(1, 9))  # the curve spans both runs
+    # so does the held-out curve: the start measured before the kill, then every save_steps of both runs
+    start = json.loads((tmp_path / "ckpt" / "heldout_start.json").read_text())["eval_loss"]
+    assert m["heldout"]["start"]["loss"] == round(start, 4) and m["heldout"]["evaluations"] == 5
+    assert [int(r.split("\t")[0]) for r in (tmp_path / "v.tsv").read_text().splitlines()[1:]] == [0, 2, 4, 6, 8]
     forced = run_sft(
         tmp_path,
         changed,
