@@ -68,6 +68,36 @@ def _heatmap(rows: list[str], cols: list[str], values: list[list[float | None]],
     return _png(fig)
 
 
+def _curves(curves: dict[str, list[tuple[int, float]]]) -> bytes:
+    """Held-out loss against the training step: the SFT rounds (language-model loss) and DPO (its own loss)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {
+        "SFT rounds": {k: v for k, v in curves.items() if k != "dpo"},
+        "DPO": {k: v for k, v in curves.items() if k == "dpo"},
+    }
+    panels = {title: lines for title, lines in panels.items() if lines}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
+        for name, points in lines.items():
+            ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("held-out loss")
+        ax.set_title(f"{title}: held-out loss")
+        ax.legend()
+    return _png(fig)
+
+
+def read_curve(path: Path) -> list[tuple[int, float]]:
+    """(step, eval_loss) rows of a held-out curve TSV."""
+    lines = [line.split("\t") for line in path.read_text().splitlines()]
+    at = lines[0].index("eval_loss")
+    return [(int(row[0]), float(row[at])) for row in lines[1:]]
+
+
 def _png(fig: Any) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -207,6 +237,16 @@ def heldout_summary(sft_dir: Path | None, dpo_path: Path | None) -> dict[str, An
     return out
 
 
+def curve_files(sft_dir: Path | None, dpo_path: Path | None) -> dict[str, Path]:
+    """The held-out curves the training stages write beside their metrics (`<round>_heldout.tsv`,
+    `dpo_heldout.tsv`)."""
+    files = sorted(sft_dir.glob("*_heldout.tsv")) if sft_dir is not None and sft_dir.is_dir() else []
+    out = {f"sft {f.name.removesuffix('_heldout.tsv')}": f for f in files}
+    if dpo_path is not None and (dpo := dpo_path.with_name(f"{dpo_path.stem}_heldout.tsv")).is_file():
+        out["dpo"] = dpo
+    return out
+
+
 def disagreement(summary: dict[str, Any]) -> str | None:
     """A sentence when the judge and DPO's held-out numbers point opposite ways about candidate vs baseline (the
     baseline being DPO's starting point), else None."""
@@ -292,6 +332,15 @@ def render(
         )
         if sentence := disagreement(summary):
             doc.add(Para(sentence, "warning"))
+    if d := summary.get("decontamination"):
+        sets = ", ".join(f"{n} from {k}" for k, n in d["contaminated_by_set"].items()) or "none"
+        doc.add(
+            Para(
+                f"Decontamination: {d['contaminated']} of {d['records_in']} training records contained one of "
+                f"{d['eval_questions_checked']} evaluation questions and were quarantined ({sets}); {d['val']} were "
+                f"held out ({d['val_pairs']} preference pairs), {d['train']} trained on."
+            )
+        )
     doc.add(Heading("MT-Bench"))
     rows: list[list[Any]] = [
         [
@@ -369,6 +418,7 @@ def render(
         "mt_bench_categories.png": f"MT-Bench by category: {summary['candidate']} and {base}",
         "flask_skills.png": f"FLASK by skill: {summary['candidate']} and {base}",
         "flask_skill_difficulty.png": "FLASK skill x difficulty",
+        "heldout_loss.png": "Held-out loss of each training stage, from its start (step 0)",
     }
     doc.add(*(Figure(name, png, captions.get(name, name)) for name, png in images.items()))
     if worst:
@@ -397,6 +447,7 @@ def report(
     audit_path: Path | None = None,
     heldout_sft: Path | None = None,
     heldout_dpo: Path | None = None,
+    holdout: Path | None = None,
 ) -> dict[str, Any]:
     cfg = ctx.params.eval
     if not mt_path.exists() or not fl_path.exists():
@@ -407,6 +458,7 @@ def report(
     per_question = per_question_means([r for r in rows if r["model"] == candidate])
     summary = build_summary(read_json(mt_path), read_json(fl_path), candidate, baseline, per_question, audit)
     summary["heldout"] = heldout_summary(heldout_sft, heldout_dpo)
+    summary["decontamination"] = read_json(holdout) if holdout is not None and holdout.exists() else None
     dpo_start = ctx.params.dpo.init if ctx.params.dpo else None
     summary["baseline_is_dpo_start"] = dpo_start is not None and cfg.baseline.adapter == dpo_start
     summary["evaluated_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -431,6 +483,9 @@ def report(
         images["flask_skills.png"] = _radar(skills, series, 5, "FLASK by skill")
         grid = [[_mean(fl["skill_difficulty"].get(f"{s}|{d}")) for d in DIFFICULTIES] for s in skills]
         images["flask_skill_difficulty.png"] = _heatmap(skills, list(DIFFICULTIES), grid, "FLASK skill x difficulty")
+    curves = {name: read_curve(path) for name, path in curve_files(heldout_sft, heldout_dpo).items()}
+    if curves:
+        images["heldout_loss.png"] = _curves(curves)
     worst = worst_answers(rows, answers, Path(cfg.mt_bench.questions), candidate)
     if sentence_scores is not None:
         lowest = lowest_sentences(sentence_scores, candidate)
@@ -473,6 +528,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audit", type=Path, help="metrics JSON of the judge_audit stage (optional)")
     p.add_argument("--heldout-sft", type=Path, help="directory of the SFT rounds' metrics (their held-out numbers)")
     p.add_argument("--heldout-dpo", type=Path, help="metrics JSON of the dpo stage (its held-out numbers)")
+    p.add_argument("--holdout", type=Path, help="metrics JSON of the holdout stage (decontamination counts)")
 
 
 def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
@@ -489,6 +545,7 @@ def _run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any]:
         args.audit,
         args.heldout_sft,
         args.heldout_dpo,
+        args.holdout,
     )
 
 

@@ -155,8 +155,11 @@ def test_report_renders_tables_both_models_and_the_judge_audit(tmp_path: Path) -
     assert shot.exists() and shot.stat().st_size > 10_000
 
 
-def test_the_report_shows_held_out_numbers_and_says_when_the_judge_disagrees() -> None:
-    from tasks.report import disagreement, render
+def test_the_report_shows_held_out_numbers_and_says_when_the_judge_disagrees(tmp_path: Path) -> None:
+    from tasks.report import disagreement, read_curve, render
+
+    (tmp_path / "c.tsv").write_text("step\teval_loss\teval_rewards_accuracies\n0\t0.69\t0.0\n2\t0.61\t1.0\n")
+    assert read_curve(tmp_path / "c.tsv") == [(0, 0.69), (2, 0.61)]
 
     dpo = {
         "items": 4,
@@ -201,7 +204,13 @@ def test_the_report_shows_held_out_numbers_and_says_when_the_judge_disagrees() -
         },
         "judge": {"mt_bench": "j", "flask": "j", "cost_usd": 0.0, "truncated_replies": 0, "transport_retries": 0},
     }
+    counts = {"records_in": 50, "contaminated": 1, "contaminated_by_set": {"mt_bench": 1}, "eval_questions_checked": 47}
+    full["decontamination"] = counts | {"val": 8, "val_pairs": 2, "train": 41}
     markdown = render(summary | full | {"mt_bench": full["mt_bench"] | summary["mt_bench"]}, None, [], {}).markdown()
+    assert (
+        "Decontamination: 1 of 50 training records contained one of 47 evaluation questions and were quarantined "
+        "(1 from mt_bench); 8 were held out (2 preference pairs), 41 trained on." in markdown
+    )
     assert (
         "## Held-out validation" in markdown
         and "| dpo | 4 | 0.6931 | 0.7500 |  | 0.0 -> 0.25 | last step |" in markdown
