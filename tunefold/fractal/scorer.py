@@ -110,8 +110,10 @@ class Scorer:
     def save(self, path: Path) -> None:
         import torch
 
-        with atomic_path(path) as tmp:
-            torch.save({"state_dict": self.model.state_dict(), "meta": self.meta}, tmp)
+        # through a file object: torch names the archive after a path it is given, and the temporary file's random
+        # name would make the same scorer a different file (and DVC re-run what depends on it)
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
+            torch.save({"state_dict": self.model.state_dict(), "meta": self.meta}, f)
 
     @classmethod
     def load(cls, path: Path) -> Scorer:
@@ -185,9 +187,13 @@ def _fit(data: BagData, cfg: FractalConfig, bags: torch.Tensor, targets: torch.T
 
 
 def _meta(data: BagData, cfg: FractalConfig) -> dict[str, Any]:
-    return {"input_dim": 3 * data.sentences.shape[1], "hidden_dim": cfg.hidden_dim,
-            "hidden_layers": cfg.hidden_layers, "embedding_model": cfg.embedding_model,
-            "aggregation": cfg.aggregation}  # fmt: skip
+    return {
+        "input_dim": 3 * data.sentences.shape[1],
+        "hidden_dim": cfg.hidden_dim,
+        "hidden_layers": cfg.hidden_layers,
+        "embedding_model": cfg.embedding_model,
+        "aggregation": cfg.aggregation,
+    }
 
 
 def train_scorer(data: BagData, cfg: FractalConfig) -> tuple[Scorer, dict[str, Any]]:
@@ -205,10 +211,14 @@ def train_scorer(data: BagData, cfg: FractalConfig) -> tuple[Scorer, dict[str, A
     stats["degenerate_labels"] = len(distinct) == 1
     if stats["degenerate_labels"]:
         if not cfg.lambda_cos:
-            raise InputError(f"every response has the same label ({float(distinct[0])}) and fractal.lambda_cos is "
-                             "0: there is nothing to learn sentence scores from")  # fmt: skip
-        log.warning("every response has the same label (%s): sentence scores come from the priors only, "
-                    "not from the judge", float(distinct[0]))  # fmt: skip
+            raise InputError(
+                f"every response has the same label ({float(distinct[0])}) and fractal.lambda_cos is "
+                "0: there is nothing to learn sentence scores from"
+            )
+        log.warning(
+            "every response has the same label (%s): sentence scores come from the priors only, not from the judge",
+            float(distinct[0]),
+        )
         cfg = cfg.model_copy(update={"lambda_bag": 0.0, "pseudo_label": False})
     model, stats["loss"] = _fit(data, cfg, bags, None)
     scorer = Scorer(model, _meta(data, cfg))
