@@ -63,7 +63,8 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
     assert fractal["pairs_in"] == plan["preference_pairs"]
     assert fractal["pairs_in"] == fractal["kept"] + fractal["dropped"] + fractal["contaminated"]
     assert dpo["pairs"] == fractal["kept"] and (fractal["dropped"] == 0 or fractal["filter_applied"])
-    assert dpo["pairs_by_source"]["sample_prefs"] == 12 - sum(
+    held_out_pairs = json.loads((repo / "metrics/holdout.json").read_text())["val_pairs"]  # the input's pairs
+    assert dpo["pairs_by_source"]["sample_prefs"] == 12 - held_out_pairs - sum(
         json.loads(line)["record"]["metadata"].get("source_name") == "sample_prefs"
         for line in (repo / "data/fractal/dropped.jsonl").open()
     )
