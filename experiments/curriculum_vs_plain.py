@@ -30,12 +30,13 @@ ARMS = ["plain", "static", "adaptive"]
 
 
 def arm_params(base: dict[str, Any], arm: str, steps: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The plain arm trains `--plain-steps` steps on the clean data (default 2 x steps, the same optimizer steps;
+    """The plain arm trains `--plain-steps` steps on the clean data's training side (`holdout`'s train.jsonl, so
+    every arm is measured against the same held-out conversations; default 2 x steps, the same optimizer steps;
     with a small curriculum, pick it so the real-token counts match), the curriculum arm `steps` per round."""
     p = json.loads(json.dumps(base))
     schedule = {"epochs": 100, "learning_rate": 2.0e-4}
     if arm == "plain":
-        r1 = {"data": "data/validate/clean.jsonl", "init": "models/base", "max_steps": args.plain_steps or 2 * steps}
+        r1 = {"data": "data/holdout/train.jsonl", "init": "models/base", "max_steps": args.plain_steps or 2 * steps}
         p["train"]["rounds"] = {"r1": r1 | schedule}
         adapter = "models/sft/r1/adapter"
     else:

@@ -95,13 +95,13 @@ def round_expansion(ctx: StageContext, base_dir: Path, adapter: str) -> Expansio
         rated = gw.map("judge", rate_target, records, desc="rate new targets")
         ready = [r for r in rated if r is not None]
         answers = student_answers(ctx.params, base_dir, adapter, ready) if ready else []
-        measured = iter(remeasure(ctx, ready, answers))
+        measured = dict(zip(map(id, ready), remeasure(ctx, ready, answers), strict=True))
         out: list[tuple[Record | None, str | None]] = []
         for r in rated:
             if r is None:
                 out.append((None, "the judge gave the teacher's answer no usable rating"))
                 continue
-            scored, why = next(measured)
+            scored, why = measured[id(r)]
             out.append((None, why) if why else (scored, None))
         return out
 

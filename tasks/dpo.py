@@ -22,8 +22,9 @@ from typing import Any
 
 from tunefold.config import DPOSettings, TrainConfig
 from tunefold.data.records import Record, read_records
-from tunefold.data.subsets import nested_fraction
+from tunefold.data.subsets import nested_fraction, without_heldout
 from tunefold.errors import InputError
+from tunefold.io import write_jsonl
 from tunefold.pipeline.stage import StageContext, log, stage_main
 from tunefold.train.device import DevicePlan, plan_device, train_processes
 from tunefold.train.models import load_tokenizer
@@ -38,6 +39,7 @@ from tunefold.train.training import (
     lora_config,
     schedule_args,
     train_and_save,
+    write_no_curve,
 )
 
 
@@ -166,12 +168,17 @@ def train_dpo(
     tokenizer = load_tokenizer(base_dir)
     # renders like the SFT rounds' template; DPO masks by prompt/chosen/rejected itself, so markers are not needed
     tokenizer.chat_template = choose_template(tokenizer, train.chat_template).template
-    pairs, by_source = select_pairs(read_records(Path(cfg.data), purpose="train on"), cfg, train.seed)
+    heldout_records = read_records(val_path, allow_empty=True) if val_path else []
+    records, held = without_heldout(read_records(Path(cfg.data), purpose="train on"), heldout_records)
+    for r in held:
+        log.warning("%s: pair %s not trained on: its prompt is held out (%s)", cfg.data, r.id, val_path)
+    pairs, by_source = select_pairs(records, cfg, train.seed)
     dataset = preference_dataset(pairs)
-    val = held_out_pairs(read_records(val_path, allow_empty=True), cfg) if val_path else []
+    val = held_out_pairs(heldout_records, cfg)
 
     fp = fingerprint(
         data=file_hash(Path(cfg.data)),
+        pairs=pairs_hash(pairs),  # what is trained on after the held-out prompts are dropped
         val=pairs_hash(val),
         init="base" if from_base else file_hash(init / "adapter_model.safetensors"),
         dpo=cfg.model_dump(),
@@ -187,7 +194,19 @@ def train_dpo(
     if eval_dataset is not None and heldout_curve is not None:
         start = evaluate_start(trainer, ckpt_dir, resume)
         heldout = Heldout(len(val), pairs_hash(val), start, heldout_curve, perplexity=False)
-    done = train_and_save(trainer, tokenizer, guard, resume, out_dir, curve_path, heldout=heldout)
+    elif heldout_curve is not None:
+        write_no_curve(heldout_curve)
+    dropped = [r.model_dump() | {"reason": f"its prompt is held out in {val_path}"} for r in held]
+    done = train_and_save(
+        trainer,
+        tokenizer,
+        guard,
+        resume,
+        out_dir,
+        curve_path,
+        lambda tmp: write_jsonl(tmp / "rejected.jsonl", dropped),
+        heldout,
+    )
     if done is None:
         return {}
     curve = done.pop("curve")
@@ -196,6 +215,7 @@ def train_dpo(
         **plan.describe(),
         "pairs": len(pairs),
         "pairs_by_source": by_source,
+        "dropped_heldout_prompts": len(held),
         "data_fraction": cfg.data_fraction,
         "data_sha256": file_hash(Path(cfg.data))[:16],
         "pairs_sha256": pairs_hash(pairs),  # the exact subset trained on, for lineage

@@ -92,8 +92,10 @@ def _curves(curves: dict[str, list[tuple[int, float]]]) -> bytes:
 
 
 def read_curve(path: Path) -> list[tuple[int, float]]:
-    """(step, eval_loss) rows of a held-out curve TSV."""
+    """(step, eval_loss) rows of a held-out curve TSV; none for a stage that had nothing held out (header only)."""
     lines = [line.split("\t") for line in path.read_text().splitlines()]
+    if not lines or "eval_loss" not in lines[0]:
+        return []
     at = lines[0].index("eval_loss")
     return [(int(row[0]), float(row[at])) for row in lines[1:]]
 
@@ -483,7 +485,7 @@ def report(
         images["flask_skills.png"] = _radar(skills, series, 5, "FLASK by skill")
         grid = [[_mean(fl["skill_difficulty"].get(f"{s}|{d}")) for d in DIFFICULTIES] for s in skills]
         images["flask_skill_difficulty.png"] = _heatmap(skills, list(DIFFICULTIES), grid, "FLASK skill x difficulty")
-    curves = {name: read_curve(path) for name, path in curve_files(heldout_sft, heldout_dpo).items()}
+    curves = {name: c for name, path in curve_files(heldout_sft, heldout_dpo).items() if (c := read_curve(path))}
     if curves:
         images["heldout_loss.png"] = _curves(curves)
     worst = worst_answers(rows, answers, Path(cfg.mt_bench.questions), candidate)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunefold.config import TrainConfig
 from tunefold.data.records import read_records
+from tunefold.data.subsets import unique_conversations, without_heldout
 from tunefold.errors import InputError
 from tunefold.io import write_jsonl
 from tunefold.pipeline.stage import StageContext, log, stage_main
@@ -41,6 +42,7 @@ from tunefold.train.training import (
     schedule_args,
     sha256_text,
     train_and_save,
+    write_no_curve,
 )
 
 if TYPE_CHECKING:
@@ -95,18 +97,24 @@ def train_sft(
     plan = plan_device(cfg.device, cfg.qlora, cfg.attn_implementation)
     tokenizer = load_tokenizer(base_dir)
 
-    records = read_records(Path(rnd.data), purpose="train on")
+    val = read_records(val_path, allow_empty=True) if val_path else []
+    records, held = without_heldout(read_records(Path(rnd.data), purpose="train on"), val)
+    for r in held:
+        log.warning("%s: record %s not trained on: its prompt is held out (%s)", rnd.data, r.id, val_path)
+    if not records:
+        raise InputError(f"{rnd.data}: every record's prompt is held out in {val_path}; nothing to train on")
     conversations = [[m.model_dump() for m in r.messages] for r in records]
     rows, choice, fit = sft_rows(cfg, tokenizer, conversations, [f"{rnd.data}: record {r.id}" for r in records])
     tokenizer.chat_template = choice.template
     dropped = [
         records[i].model_dump() | {"reason": f"over train.max_length={cfg.max_length} tokens"} for i in fit.rejected
     ]
+    dropped += [r.model_dump() | {"reason": f"its prompt is held out in {val_path}"} for r in held]
     if not rows:
         raise InputError(f"{rnd.data}: no conversation fits train.max_length={cfg.max_length}; nothing to train on")
     dataset = Dataset.from_list(rows)
-    val = read_records(val_path, allow_empty=True) if val_path else []
-    val_rows = sft_rows(cfg, tokenizer, [[m.model_dump() for m in r.messages] for r in val])[0] if val else []
+    val_rows, _, val_fit = sft_rows(cfg, tokenizer, unique_conversations(val)) if val else ([], choice, None)
+    val_items = len({i for i, _ in val_fit.keep}) if val_fit else 0  # conversations evaluated
     eval_dataset = Dataset.from_list(val_rows) if val_rows else None
 
     fp = fingerprint(
@@ -152,7 +160,9 @@ def train_sft(
     heldout = None
     if eval_dataset is not None and val_path is not None and heldout_curve is not None:
         start = evaluate_start(trainer, ckpt_dir, resume)
-        heldout = Heldout(len(val), file_hash(val_path)[:16], start, heldout_curve, perplexity=True)
+        heldout = Heldout(val_items, file_hash(val_path)[:16], start, heldout_curve, perplexity=True)
+    elif heldout_curve is not None:
+        write_no_curve(heldout_curve)
     done = train_and_save(
         trainer,
         tokenizer,
@@ -160,7 +170,7 @@ def train_sft(
         resume,
         out_dir,
         curve_path,
-        lambda tmp: write_jsonl(tmp / "rejected_overlong.jsonl", dropped),
+        lambda tmp: write_jsonl(tmp / "rejected.jsonl", dropped),
         heldout,
     )
     if done is None:
@@ -183,6 +193,7 @@ def train_sft(
         "loss_mask": choice.loss_mask,
         "packing": cfg.packing,
         **fit.stats,
+        "dropped_heldout_prompts": len(held),
         "keep": cfg.keep if heldout else "last (no held-out data)",
     }
     if "heldout" not in metrics:

@@ -16,7 +16,7 @@ from tasks.holdout import stratum
 from tunefold.config import EvalConfig
 from tunefold.data.decontam import EvalIndex, EvalItem, eval_items, quarantine, words
 from tunefold.data.records import Message, Record, make_record
-from tunefold.data.subsets import holdout_split, prompt_key
+from tunefold.data.subsets import holdout_split, prompt_key, unique_conversations, without_heldout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +74,28 @@ def test_the_split_keeps_each_prompt_on_one_side_and_follows_the_strata() -> Non
     tiny = holdout_split(records[:20], 0.1, 8, seed=0, stratum=stratum)
     assert len(tiny.val) == 8  # min_val wins over 10% of 20
     assert len(holdout_split(records[:6], 0.1, 8, seed=0, stratum=stratum).val) == 3  # at most half
+
+
+def test_new_data_does_not_reshuffle_the_split() -> None:
+    """A group's rank is its own seeded hash, so the old groups held out after data is added are the first of the
+    same order as before: a prefix of the earlier held-out set, or a superset of it, never a different draw."""
+    old = [rec(f"Old question {i}?", source=f"a.jsonl:{i}", task_type="qa") for i in range(100)]
+    new = [rec(f"New question {i}?", source=f"a.jsonl:{100 + i}", task_type="qa") for i in range(20)]
+    before = {r.id for r in holdout_split(old, 0.1, 8, seed=0, stratum=stratum).val}
+    after = {r.id for r in holdout_split(old + new, 0.1, 8, seed=0, stratum=stratum).val}
+    entered = after & {r.id for r in new}
+    assert len(before) == 10 and len(after) == 12
+    assert before <= after - entered or after - entered <= before
+    assert len(before & after) == min(10, 12 - len(entered))
+
+
+def test_training_drops_held_out_prompts_and_evaluates_each_conversation_once() -> None:
+    pair = rec("Name a prime?", "Seven.", rejected="Eight.")
+    twin = rec("  name a PRIME ", "Seven.")  # same prompt group; not the same conversation
+    same = rec("Name a prime?", "Seven.")  # the pair's chosen side as an SFT row: the same conversation
+    kept, dropped = without_heldout([rec("Name a colour?"), twin, rec("Other?")], [pair, same])
+    assert [r.instruction for r in kept] == ["Name a colour?", "Other?"] and dropped == [twin]
+    assert len(unique_conversations([pair, same, twin])) == 2
 
 
 def test_stage_counts_reconcile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

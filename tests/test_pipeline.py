@@ -18,7 +18,7 @@ import yaml
 
 from tests.conftest import ROOT, prefect_home, prefect_server_at, run
 from tunefold.data.records import read_records
-from tunefold.data.subsets import prompt_key
+from tunefold.data.subsets import prompt_key, unique_conversations
 from tunefold.pipeline.dag import StageGraph
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -88,7 +88,8 @@ def test_dvc_repro_runs_everything_then_nothing(reproduced_repo: Path) -> None:
     assert not {prompt_key(r) for r in val} & {prompt_key(r) for r in trained}
     for stage in ("sft/r1", "sft/r2"):
         h = json.loads((repo / f"metrics/{stage}.json").read_text())["heldout"]
-        assert h["items"] == len(val) and all(math.isfinite(x) for x in [*h["start"].values(), *h["kept"].values()])
+        assert h["items"] == len(unique_conversations(val))  # a pair's chosen side and its SFT twin count once
+        assert all(math.isfinite(x) for x in [*h["start"].values(), *h["kept"].values()])
     assert dpo["heldout"]["items"] == holdout["val_pairs"] == sum(r.rejected is not None for r in val)
     mt = json.loads((repo / "metrics/mt_bench.json").read_text())
     judged = mt["candidate"]["overall"]

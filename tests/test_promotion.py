@@ -175,19 +175,23 @@ def test_the_gate_reads_the_judge_audit_from_the_summary() -> None:
     assert Scores.from_summary(summary).judge_trusted is None  # not audited
 
 
-def heldout(sft_loss: float | None = None, accuracy: float | None = None, data: str = "split-1") -> dict:
+def heldout(
+    sft_loss: float | None = None, accuracy: float | None = None, data: str = "split-1", items: int = 8
+) -> dict:
     """The training metrics' `heldout` blocks as `heldout_scores` reads them."""
-    sft = {"heldout": {"items": 8, "data_sha256": data, "kept": {"loss": sft_loss}}} if sft_loss is not None else None
-    dpo = {"heldout": {"items": 4, "data_sha256": data, "kept": {"reward_accuracy": accuracy}}} if accuracy else None
-    return heldout_scores(sft, dpo)
+
+    def block(key: str, value: float | None) -> dict | None:
+        return {"heldout": {"items": items, "data_sha256": data, "kept": {key: value}}} if value else None
+
+    return heldout_scores(block("loss", sft_loss), block("reward_accuracy", accuracy))
 
 
 def test_held_out_numbers_veto_whatever_the_judge_says() -> None:
     better = scores(7.0, per_question=questions(5.0, shift=2.0))  # the judge: clearly better than the champion
     champion = replace(scores(5.0, per_question=questions(5.0)), heldout=heldout(1.50, 0.75))
 
-    def against(sft_loss: float | None, accuracy: float | None, data: str = "split-1") -> object:
-        return decide(replace(better, heldout=heldout(sft_loss, accuracy, data)), champion, GATE, "model-v1")
+    def against(sft_loss: float | None, accuracy: float | None, data: str = "split-1", items: int = 8) -> object:
+        return decide(replace(better, heldout=heldout(sft_loss, accuracy, data, items)), champion, GATE, "model-v1")
 
     assert against(1.51, 0.75).promote  # within 0.02 nats and 0.05 accuracy
     d = against(1.53, 0.75)
@@ -200,3 +204,7 @@ def test_held_out_numbers_veto_whatever_the_judge_says() -> None:
     notes = [c.note for c in against(2.0, 0.1, data="split-2").checks if c.name.startswith("heldout")]
     assert notes == ["not compared: measured on different held-out data (the split changed with the data)"] * 2
     assert "the challenger has no held-out sft number" in against(None, 0.75).checks[2].note
+    # too few items held out to mean anything (one pair's accuracy is 0 or 1): not compared, said so
+    few = against(2.0, 0.1, items=GATE.min_heldout_items - 1)
+    notes = [c.note for c in few.checks if c.name.startswith("heldout")]
+    assert few.promote and len(notes) == 2 and all("fewer than gate.min_heldout_items" in n for n in notes)

@@ -160,6 +160,8 @@ def test_the_report_shows_held_out_numbers_and_says_when_the_judge_disagrees(tmp
 
     (tmp_path / "c.tsv").write_text("step\teval_loss\teval_rewards_accuracies\n0\t0.69\t0.0\n2\t0.61\t1.0\n")
     assert read_curve(tmp_path / "c.tsv") == [(0, 0.69), (2, 0.61)]
+    (tmp_path / "none.tsv").write_text("step\n")  # a stage with nothing held out writes the header alone
+    assert read_curve(tmp_path / "none.tsv") == []
 
     dpo = {
         "items": 4,

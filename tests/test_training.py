@@ -246,15 +246,19 @@ def test_a_round_is_validated_on_held_out_data_and_keeps_its_best_checkpoint(bas
         right, "r1", base_model, tmp_path / "b", tmp_path / "cb", tmp_path / "b.tsv", val, tmp_path / "w.tsv"
     )
     assert good["heldout"]["kept_checkpoint"] == "last step" and good["heldout"]["kept"] == good["heldout"]["last"]
+    assert not good["heldout"]["worse_than_start"] and h["worse_than_start"] == (h["kept"]["loss"] > h["start"]["loss"])
     assert h["kept"]["loss"] > good["heldout"]["kept"]["loss"] + 0.02  # the premise: wrong answers did harm
 
     def scores(mt_bench: float, metrics: dict) -> Scores:
         return Scores(mt_bench, 10, 0, {}, 0, 0, judge="j", judge_trusted=True, heldout=heldout_scores(metrics, None))
 
-    d = decide(scores(9.5, m), scores(5.0, good), GateSettings(), "model-v1")  # the judge prefers the challenger
+    gate = GateSettings(min_heldout_items=len(HELD_OUT_PAIRS))  # a toy held-out set of 3 conversations
+    d = decide(scores(9.5, m), scores(5.0, good), gate, "model-v1")  # the judge prefers the challenger
     assert not d.promote and d.reason.startswith("rejected by heldout_sft_loss"), d.reason
+    d = decide(scores(9.5, m), scores(5.0, good), GateSettings(), "model-v1")  # the default asks for 8 items
+    assert "fewer than gate.min_heldout_items" in next(c.note for c in d.checks if c.name == "heldout_sft_loss")
     other_val = good | {"heldout": good["heldout"] | {"data_sha256": "another split"}}
-    d = decide(scores(9.5, m), scores(5.0, other_val), GateSettings(), "model-v1")
+    d = decide(scores(9.5, m), scores(5.0, other_val), gate, "model-v1")
     assert "different held-out data" in next(c.note for c in d.checks if c.name == "heldout_sft_loss")
 
 
@@ -288,6 +292,10 @@ def test_dpo_raises_the_reward_margin(sft_run: dict, base_model: Path) -> None:
     assert rows[0] == "step\teval_loss\teval_rewards_accuracies\teval_rewards_margins" and rows[1].startswith("0\t")
     assert not (work / "dpo" / "ref").exists()  # the frozen reference copy is not part of the output
     load_trained(base_model, work / "dpo")  # base + the DPO-trained SFT adapter
+    # a training pair whose prompt is held out (here as a plain conversation, so no pair is held out) is dropped,
+    # written with its reason, and the held-out curve is its header alone
+    q0 = [Message(role="user", content=f"  {QA[0][0].upper()}"), Message(role="assistant", content="Azure.")]
+    write_jsonl(work / "val_sft.jsonl", [make_record(q0, "v:0")])
     half = train_dpo(
         cfg.model_copy(update={"data_fraction": 0.5, "max_steps": 1}),
         sft_run["cfg"],
@@ -295,8 +303,13 @@ def test_dpo_raises_the_reward_margin(sft_run: dict, base_model: Path) -> None:
         work / "dpo_half",
         work / "dpo_half_ckpt",
         work / "dpo_half.tsv",
+        work / "val_sft.jsonl",
+        work / "dpo_half_val.tsv",
     )
-    assert half["pairs"] == len(QA) // 2
+    assert half["pairs"] == 4 == math.ceil(0.5 * (len(QA) - 1)) and half["dropped_heldout_prompts"] == 1
+    dropped = [json.loads(x) for x in (work / "dpo_half" / "rejected.jsonl").read_text().splitlines()]
+    assert [d["messages"][0]["content"] for d in dropped] == [QA[0][0]] and "held out" in dropped[0]["reason"]
+    assert half["heldout"]["items"] == 0 and (work / "dpo_half_val.tsv").read_text() == "step\n"
     with pytest.raises(InputError, match="no preference pairs from nope"):
         train_dpo(
             cfg.model_copy(update={"sources": ["nope"]}),
@@ -458,7 +471,7 @@ def test_overlong_rows_are_counted_or_rejected(base_model: Path, tmp_path: Path)
     cfg = cfg.model_copy(update={"overlong": "reject"})
     m = train_sft(cfg, "r1", base_model, tmp_path / "b", tmp_path / "cb", tmp_path / "b.tsv")
     assert (m["truncated"], m["rejected_overlong"], m["conversations"]) == (0, 1, len(QA) + 1)
-    dropped = [json.loads(x) for x in (tmp_path / "b" / "rejected_overlong.jsonl").read_text().splitlines()]
+    dropped = [json.loads(x) for x in (tmp_path / "b" / "rejected.jsonl").read_text().splitlines()]
     assert [d["id"] for d in dropped] == [long.id] and "max_length=128" in dropped[0]["reason"]
 
 

@@ -645,6 +645,12 @@ class GateSettings(Section):
         description="rejected, whatever the judges say, when DPO's held-out reward accuracy is below the "
         "champion's by more than this (same held-out pairs only)",
     )
+    min_heldout_items: int = Field(
+        8,
+        ge=1,
+        description="the held-out checks compare only when at least this many items were held out (fewer: the "
+        "decision says it could not compare; one pair's accuracy is 0 or 1)",
+    )
 
 
 class CycleConfig(Section):

@@ -195,7 +195,8 @@ def decide(challenger: Scores, champion: Scores | None, gate: GateSettings, cham
 
 def heldout_checks(challenger: dict[str, Any], champion: dict[str, Any], gate: GateSettings) -> list[Check]:
     """Held-out loss (SFT) and reward accuracy (DPO) against the champion's, measured on the same held-out data;
-    where the data differ or a side has no number, a passing check that says it could not compare."""
+    where the data differ, a side has no number or too few items were held out to mean anything, a passing check
+    that says it could not compare."""
     rules = (
         ("sft", "loss", "heldout_sft_loss", gate.heldout_loss_tolerance, 1),
         ("dpo", "reward_accuracy", "heldout_dpo_reward_accuracy", gate.reward_accuracy_tolerance, -1),
@@ -209,6 +210,9 @@ def heldout_checks(challenger: dict[str, Any], champion: dict[str, Any], gate: G
         elif ch["data_sha256"] != cp["data_sha256"]:
             note = "not compared: measured on different held-out data (the split changed with the data)"
             checks.append(Check(name, True, ch[key], cp[key], note=note))
+        elif ch["items"] < gate.min_heldout_items:
+            note = f"not compared: {ch['items']} held-out items, fewer than gate.min_heldout_items"
+            checks.append(Check(name, True, ch[key], cp[key], gate.min_heldout_items, note))
         else:
             d = ch[key] - cp[key]
             checks.append(

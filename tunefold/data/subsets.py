@@ -8,8 +8,10 @@ pool at every fraction; independent `random.sample` draws per fraction have neit
 
 The validation split holds out whole prompt groups (records whose user turns are the same words, so a preference
 pair and its SFT twin, or a copy differing only in case, punctuation or spacing, fall on one side), a total of
-max(`min_count`, fraction x groups) apportioned over the strata by largest remainder, each stratum's first groups
-of its seeded permutation.
+max(`min_count`, fraction x groups) apportioned over the strata by largest remainder, each stratum's groups ranked
+by a seeded hash of the group's own words. A group's rank does not depend on the other groups, so new data joins
+the split without reshuffling it: a group held out stays held out while its stratum's quota does not shrink, and
+a champion and a challenger trained on growing data are measured on mostly the same held-out set.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tunefold.data.decontam import words
-from tunefold.data.records import Record
+from tunefold.data.records import Record, content_id
 
 T = TypeVar("T")
 
@@ -65,6 +67,12 @@ def prompt_key(r: Record) -> str:
     return " ".join(words(" ".join(m.content for m in r.messages if m.role == "user")))
 
 
+def group_rank(seed: int, key: str) -> str:
+    """A prompt group's place in the held-out order: a seeded hash of its words, the same whatever else is in the
+    data."""
+    return hashlib.sha256(f"{seed}\0{key}".encode()).hexdigest()
+
+
 @dataclass
 class Split:
     train: list[Record]
@@ -87,8 +95,7 @@ def holdout_split(
     quotas = apportion({s: len(keys) / len(groups) for s, keys in by_stratum.items()}, total) if groups else {}
     held = set()
     for name, keys in by_stratum.items():
-        order = stratum_order(len(keys), seed, name)
-        held |= {keys[j] for j in order[: quotas[name]]}
+        held |= set(sorted(keys, key=lambda k: group_rank(seed, k))[: quotas[name]])
     train = [r for r in records if prompt_key(r) not in held]
     val = [r for r in records if prompt_key(r) in held]
     strata = {
@@ -99,3 +106,21 @@ def holdout_split(
         for name, keys in sorted(by_stratum.items())
     }
     return Split(train, val, strata)
+
+
+def without_heldout(records: list[Record], heldout: list[Record]) -> tuple[list[Record], list[Record]]:
+    """(kept, dropped): training records whose prompt is one of the held-out prompts are dropped, so a stage
+    that trains on data made after the split (a curriculum round, preference pairs) never learns a held-out
+    prompt."""
+    held = {prompt_key(r) for r in heldout}
+    kept = [r for r in records if prompt_key(r) not in held]
+    return kept, [r for r in records if prompt_key(r) in held]
+
+
+def unique_conversations(records: list[Record]) -> list[list[dict[str, str]]]:
+    """The distinct conversations of `records` (a preference pair's chosen side and its SFT twin are one), in
+    order: each is evaluated once."""
+    seen: dict[str, list[dict[str, str]]] = {}
+    for r in records:
+        seen.setdefault(content_id(r.messages), [m.model_dump() for m in r.messages])
+    return list(seen.values())

@@ -376,6 +376,12 @@ def write_curve(
     return rows
 
 
+def write_no_curve(path: Path) -> None:
+    """The held-out curve of a stage that had nothing held out: the header alone, so the declared output exists
+    and reads as empty."""
+    write_curve([], path, HELDOUT_KEYS, "eval_loss")
+
+
 def evaluate_start(trainer: Any, ckpt_dir: Path, resume: str | None) -> dict[str, float]:
     """The starting model's held-out metrics. Kept beside the checkpoints, so a resumed run reports the same
     starting point rather than measuring a half-trained model."""
@@ -459,6 +465,14 @@ class Heldout:
         """Start, the last step's and the kept model's held-out numbers, and which checkpoint was kept."""
         rows = write_curve([{"step": 0, **self.start}, *history], self.curve_path, HELDOUT_KEYS, "eval_loss")
         last = next((e for e in reversed(history) if "eval_loss" in e), end)
+        worse = end["eval_loss"] > self.start["eval_loss"]
+        if worse:
+            log.warning(
+                "the trained model's held-out loss %.4f is above the starting model's %.4f: training made it worse "
+                "on data it did not see",
+                end["eval_loss"],
+                self.start["eval_loss"],
+            )
         return {
             "items": self.items,
             "data_sha256": self.data_sha256,
@@ -467,4 +481,5 @@ class Heldout:
             "kept": heldout_numbers(end, self.perplexity),
             "kept_checkpoint": Path(best).name if best else "last step",
             "evaluations": len(rows),
+            "worse_than_start": worse,
         }
