@@ -51,12 +51,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Two pytest workers (TEST_WORKERS=N to change): one takes the files that share the full pipeline run, the other the
-# rest; much of the suite waits on servers and subprocesses, so two workers use 2 cores better than one.
+# Two pytest workers (TEST_WORKERS=N to change), each taking whole files in the order tests/conftest.py gives
+# (--no-loadscope-reorder keeps it): the full pipeline run is built once for both; much of the suite waits on
+# servers and subprocesses, so two workers use 2 cores better than one.
+# --durations=40: the slowest tests and fixtures, printed at the end, so a slow suite says where its time goes.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=40
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest_validate.py

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,16 +36,54 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-# Files that share the session's full pipeline run (`reproduced_repo`) and Prefect server: one xdist unit.
-PIPELINE_FILES = {"test_pipeline.py", "test_dag_flow.py", "test_cycle.py", "test_params_read.py"}
+# The order in which `make test`'s two workers take the files (`--dist loadgroup --no-loadscope-reorder`, one file
+# per unit, the next unit to whichever worker is free): the full pipeline run first (`reproduced_repo`, built once
+# for both workers), the long files that do not need it next, so the other worker is busy while it is built, then
+# the files that start from it, then the rest in collection order.
+FILE_ORDER = [
+    "test_pipeline.py",
+    "test_training.py",
+    "test_params_read.py",
+    "test_curriculum.py",
+    "test_fanout.py",
+    "test_generate.py",
+    "test_gateway.py",
+    "test_cycle.py",
+    "test_dag_flow.py",
+    "test_shutdown.py",
+    "test_mtbench.py",
+    "test_judge_audit.py",
+]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` runs `pytest -n 2 --dist loadgroup`: each file is one unit of work (its module fixtures built once),
-    and the files that share the full pipeline run are one unit, so that run happens on one worker only."""
+    """Each file is one unit of work (its module fixtures built once), in FILE_ORDER."""
+    rank = {name: i for i, name in enumerate(FILE_ORDER)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FILE_ORDER)))  # stable: the rest keep their order
     for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("pipeline" if name in PIPELINE_FILES else name))
+        item.add_marker(pytest.mark.xdist_group(item.path.name))
+
+
+def shared(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """`build(dest)` once per test session, whichever xdist worker asks first: the others wait on a file lock and
+    reuse it; a failed build is recorded, so they fail at once rather than build it again. The result is shared:
+    read or copy it, never change it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the parent is common to all workers
+    dest, done, failed = root / f"shared-{name}" / "project", root / f"{name}.done", root / f"{name}.failed"
+    with FileLock(str(root / f"{name}.lock")):
+        if failed.exists():
+            raise AssertionError(f"building {name} failed on another worker:\n{failed.read_text()}")
+        if not done.exists():
+            try:
+                build(dest)
+            except BaseException as exc:
+                failed.write_text(f"{type(exc).__name__}: {exc}")
+                raise
+            done.touch()
+    return dest
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
@@ -88,11 +126,15 @@ def copy_project(dest: Path) -> Path:
 @pytest.fixture(scope="session")
 def prepared_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small project copy (see `shrink_training`) in which `dvc repro prepare_model` has converted the embedded
-    SmolLM2: once per session, for `base_model` and as the start of `reproduced_repo`."""
-    repo = copy_project(tmp_path_factory.mktemp("prepared") / "project")
-    shrink_training(repo)
-    run([sys.executable, "-m", "dvc", "repro", "prepare_model"], repo)
-    return repo
+    SmolLM2: once per session for all workers (`shared`), for `base_model` and as the start of `reproduced_repo`."""
+
+    def build(dest: Path) -> None:
+        dest.mkdir(parents=True)
+        copy_project(dest)
+        shrink_training(dest)
+        run([sys.executable, "-m", "dvc", "repro", "prepare_model"], dest)
+
+    return shared(tmp_path_factory, "prepared", build)
 
 
 @pytest.fixture(scope="session")
@@ -133,10 +175,16 @@ def shrink_training(repo: Path) -> None:
 
 @pytest.fixture(scope="session")
 def reproduced_repo(prepared_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy (with two small training rounds) on which `dvc repro` has run the whole pipeline once."""
+    """A project copy (with two small training rounds) on which `dvc repro` has run the whole pipeline once: built
+    once per session (`shared`), and this worker's own copy of it, which its tests may run DVC in."""
+
+    def build(dest: Path) -> None:
+        shutil.copytree(prepared_repo, dest, symlinks=True)
+        run([sys.executable, "-m", "dvc", "repro"], dest)
+
+    snapshot = shared(tmp_path_factory, "reproduced", build)
     repo = tmp_path_factory.mktemp("repo") / "project"
-    shutil.copytree(prepared_repo, repo, symlinks=True)
-    run([sys.executable, "-m", "dvc", "repro"], repo)
+    shutil.copytree(snapshot, repo, symlinks=True)
     return repo
 
 
