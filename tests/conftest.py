@@ -36,10 +36,10 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-# The order in which `make test`'s two workers take the files (`--dist loadgroup --no-loadscope-reorder`, one file
-# per unit, the next unit to whichever worker is free): the full pipeline run first (`reproduced_repo`, built once
-# for both workers), the long files that do not need it next, so the other worker is busy while it is built, then
-# the files that start from it, then the rest in collection order.
+# The order in which `make test`'s two workers take the files (`--dist loadfile --no-loadscope-reorder`: one file
+# per unit, so its module fixtures are built once; the next file to whichever worker is free): the full pipeline
+# run first (`reproduced_repo`, built once for both workers), the long files that do not need it next, so the
+# other worker is busy while it is built, then the files that start from it, then the rest in collection order.
 FILE_ORDER = [
     "test_pipeline.py",
     "test_training.py",
@@ -57,11 +57,9 @@ FILE_ORDER = [
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each file is one unit of work (its module fixtures built once), in FILE_ORDER."""
+    """The files in FILE_ORDER first, in that order; the rest keep theirs (the sort is stable)."""
     rank = {name: i for i, name in enumerate(FILE_ORDER)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(FILE_ORDER)))  # stable: the rest keep their order
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(item.path.name))
+    items.sort(key=lambda item: rank.get(item.path.name, len(FILE_ORDER)))
 
 
 def shared(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:

@@ -59,7 +59,7 @@ def test_every_answer_is_scored_by_the_scorer_of_its_own_fold() -> None:
             expected.append(hard_aggregate(flat[at : at + len(a.spans)], FAST.aggregation))
             at += len(a.spans)
         got = [s for s, k in zip(fit.answer_scores, folds, strict=True) if k == f]
-        assert got == expected
+        assert got == pytest.approx(expected, abs=1e-6)  # one batch vs another: float rounding differs
     assert fit.stats["auc_crossfit"] == 1.0  # 'wrong' sentences are learnable from the other fold's ratings
     pairs = [pair("Question 3?", "All right.", "That is wrong."), pair("New one?", "This is wrong.", "Right.")]
     (c1, r1), (c2, r2) = pair_scores(pairs, fit, _KeywordEmbedder(), FAST)  # type: ignore[arg-type,misc]
