@@ -17,6 +17,7 @@ from tunefold.config import EvalConfig
 from tunefold.data.decontam import EvalIndex, EvalItem, eval_items, quarantine, words
 from tunefold.data.records import Message, Record, make_record
 from tunefold.data.subsets import holdout_split, prompt_key, unique_conversations, without_heldout
+from tunefold.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +49,24 @@ def test_a_planted_benchmark_question_is_quarantined_with_its_id() -> None:
     assert EvalIndex(items, 13).check(rec("Hi.", "Hello.", rejected=q2)) is not None
     twelve = " ".join(words(q2)[:12])
     assert EvalIndex(items, 13).check(rec(f"Note: {twelve}")) is None
+
+
+def test_a_folder_of_eval_sets_is_read_set_by_set(tmp_path: Path) -> None:
+    """`holdout.eval_sets` takes folders (every *.jsonl in them; the shipped data/eval_sets is a DVC dependency of
+    the stages that decontaminate) as well as files; a set that is not there is a clear error."""
+    folder = tmp_path / "sets"
+    folder.mkdir()
+    question = "Describe the migration route of the arctic tern across both hemispheres in one paragraph."
+    (folder / "mine.jsonl").write_text(json.dumps({"id": "q7", "prompt": question}) + "\n")
+    (folder / "notes.txt").write_text("not an evaluation set")
+    items = eval_items(EvalConfig(), [str(folder)])
+    assert EvalItem("mine", "q7", question) in items
+    assert len(items) == len(eval_items(EvalConfig(), [])) + 1
+    _, dropped = quarantine([rec(f"Please: {question}")], EvalIndex(items, 13))
+    assert (dropped[0]["set"], dropped[0]["question"]) == ("mine", "q7")
+    assert eval_items(EvalConfig(), [str(ROOT / "data/eval_sets")]) == eval_items(EvalConfig(), [])  # shipped empty
+    with pytest.raises(InputError, match="not found"):
+        eval_items(EvalConfig(), [str(tmp_path / "nope")])
 
 
 def test_the_split_keeps_each_prompt_on_one_side_and_follows_the_strata() -> None:

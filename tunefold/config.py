@@ -604,9 +604,11 @@ class HoldoutConfig(Section):
     decontaminate: bool = Field(True, description="quarantine training rows that contain an evaluation question")
     ngram: int = Field(13, ge=4, description="a shared run of this many words is a contamination (lm-eval-harness: 13)")
     eval_sets: list[str] = Field(
-        default_factory=list,
-        description="more evaluation sets to keep out of training (JSONL: turns, instruction, question or prompt); "
-        "MT-Bench and FLASK (eval.*) are always checked",
+        default_factory=lambda: ["data/eval_sets"],
+        description="more evaluation sets to keep out of training: JSONL files (turns, instruction, question or "
+        "prompt) or folders of them; MT-Bench and FLASK (eval.*) are always checked. The shipped folder "
+        "data/eval_sets is a DVC dependency of every stage that decontaminates; a file elsewhere is read but DVC "
+        "does not notice when it changes",
     )
 
 

@@ -93,8 +93,6 @@ def quarantine(records: list[Record], index: EvalIndex) -> tuple[list[Record], l
 def _extra_items(path: Path) -> list[EvalItem]:
     """Questions of a JSONL eval set given by the user: `turns` (a list), or `instruction`, `question` or
     `prompt`; the id from `question_id`, `id` or `idx`, else the line number."""
-    if not path.exists():
-        raise InputError(f"{path}: evaluation set for decontamination not found")
     out = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -128,9 +126,21 @@ def eval_items(cfg: EvalConfig, extra: list[str]) -> list[EvalItem]:
     for name, path in (("flask", cfg.flask.data), ("flask_hard", cfg.flask.hard)):
         if path:
             items += [EvalItem(name, str(i.idx), i.instruction) for i in load_instances(Path(path))]
-    for path in extra:
-        items += _extra_items(Path(path))
+    for path in eval_set_files(extra):
+        items += _extra_items(path)
     return items
+
+
+def eval_set_files(paths: list[str]) -> list[Path]:
+    """`holdout.eval_sets` as files: a JSONL file as given, a folder as every *.jsonl in it (sorted). A folder can
+    be a DVC dependency of the stages that decontaminate, so editing a set in it re-runs them."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise InputError(f"{path}: evaluation set for decontamination not found (holdout.eval_sets)")
+        files += sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    return files
 
 
 def decontaminate(
