@@ -29,17 +29,15 @@ from tunefold.pipeline.stage import StageContext, log, stage_main
 from tunefold.train.device import DevicePlan, plan_device, train_processes
 from tunefold.train.models import load_tokenizer
 from tunefold.train.training import (
-    Heldout,
     ResumeGuard,
     choose_template,
-    evaluate_start,
     file_hash,
     fingerprint,
     load_base,
     lora_config,
     schedule_args,
+    start_heldout,
     train_and_save,
-    write_no_curve,
 )
 
 
@@ -190,12 +188,7 @@ def train_dpo(
 
     eval_dataset = preference_dataset(val) if val else None
     trainer = dpo_trainer(cfg, train, plan, base_dir, ckpt_dir, dataset, tokenizer, eval_dataset)
-    heldout = None
-    if eval_dataset is not None and heldout_curve is not None:
-        start = evaluate_start(trainer, ckpt_dir, resume)
-        heldout = Heldout(len(val), pairs_hash(val), start, heldout_curve, perplexity=False)
-    elif heldout_curve is not None:
-        write_no_curve(heldout_curve)
+    heldout = start_heldout(trainer, ckpt_dir, resume, heldout_curve, len(val), pairs_hash(val), perplexity=False)
     dropped = [r.model_dump() | {"reason": f"its prompt is held out in {val_path}"} for r in held]
     done = train_and_save(
         trainer,

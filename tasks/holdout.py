@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tunefold.data.decontam import EvalIndex, eval_items, quarantine
+from tunefold.data.decontam import eval_index, quarantine
 from tunefold.data.records import Record, read_records
 from tunefold.data.subsets import holdout_split
 from tunefold.errors import InputError
@@ -35,9 +35,9 @@ def stratum(r: Record) -> str:
 def run_holdout(ctx: StageContext, records_path: Path, out_dir: Path) -> dict[str, Any]:
     cfg = ctx.params.holdout
     records = read_records(records_path)
-    index = EvalIndex(eval_items(ctx.params.eval, cfg.eval_sets), cfg.ngram) if cfg.decontaminate else None
-    items = len(index.items) if index else 0
-    records, contaminated = quarantine(records, index) if index else (records, [])
+    index = eval_index(cfg, ctx.params.eval)
+    items = len(index.items) if index is not None else 0
+    records, contaminated = quarantine(records, index) if index is not None else (records, [])
     for row in contaminated:
         log.warning("%s: quarantined, %s", row["where"], row["reason"])
     if not records:

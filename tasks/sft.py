@@ -28,11 +28,9 @@ from tunefold.train.masking import prompt_completion_examples
 from tunefold.train.models import load_tokenizer
 from tunefold.train.training import (
     Fit,
-    Heldout,
     ResumeGuard,
     TemplateChoice,
     choose_template,
-    evaluate_start,
     file_hash,
     fingerprint,
     fit_lengths,
@@ -41,8 +39,8 @@ from tunefold.train.training import (
     rendered_lengths,
     schedule_args,
     sha256_text,
+    start_heldout,
     train_and_save,
-    write_no_curve,
 )
 
 if TYPE_CHECKING:
@@ -157,12 +155,8 @@ def train_sft(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    heldout = None
-    if eval_dataset is not None and val_path is not None and heldout_curve is not None:
-        start = evaluate_start(trainer, ckpt_dir, resume)
-        heldout = Heldout(val_items, file_hash(val_path)[:16], start, heldout_curve, perplexity=True)
-    elif heldout_curve is not None:
-        write_no_curve(heldout_curve)
+    val_hash = file_hash(val_path)[:16] if val_path and val else ""
+    heldout = start_heldout(trainer, ckpt_dir, resume, heldout_curve, val_items, val_hash, perplexity=True)
     done = train_and_save(
         trainer,
         tokenizer,

@@ -143,10 +143,14 @@ def eval_set_files(paths: list[str]) -> list[Path]:
     return files
 
 
+def eval_index(cfg: HoldoutConfig, eval_cfg: EvalConfig) -> EvalIndex | None:
+    """The index of every evaluation question the project knows; None with `holdout.decontaminate` off."""
+    return EvalIndex(eval_items(eval_cfg, cfg.eval_sets), cfg.ngram) if cfg.decontaminate else None
+
+
 def decontaminate(
     records: list[Record], cfg: HoldoutConfig, eval_cfg: EvalConfig
 ) -> tuple[list[Record], list[dict[str, Any]]]:
     """`quarantine` against every evaluation set the project knows (nothing, with `holdout.decontaminate` off)."""
-    if not cfg.decontaminate or not records:
-        return records, []
-    return quarantine(records, EvalIndex(eval_items(eval_cfg, cfg.eval_sets), cfg.ngram))
+    index = eval_index(cfg, eval_cfg) if records else None
+    return quarantine(records, index) if index is not None else (records, [])

@@ -376,12 +376,6 @@ def write_curve(
     return rows
 
 
-def write_no_curve(path: Path) -> None:
-    """The held-out curve of a stage that had nothing held out: the header alone, so the declared output exists
-    and reads as empty."""
-    write_curve([], path, HELDOUT_KEYS, "eval_loss")
-
-
 def evaluate_start(trainer: Any, ckpt_dir: Path, resume: str | None) -> dict[str, float]:
     """The starting model's held-out metrics. Kept beside the checkpoints, so a resumed run reports the same
     starting point rather than measuring a half-trained model."""
@@ -449,6 +443,25 @@ def train_and_save(
     if heldout and end is not None:
         metrics["heldout"] = heldout.summary(history, trainer.state.best_model_checkpoint, end)
     return metrics
+
+
+def start_heldout(
+    trainer: Any,
+    ckpt_dir: Path,
+    resume: str | None,
+    curve_path: Path | None,
+    items: int,
+    data_sha256: str,
+    perplexity: bool,
+) -> Heldout | None:
+    """The held-out side of a run, its starting model measured (`evaluate_start`) when the trainer has held-out
+    data. Without any, the curve is written as its header alone, so the declared output exists and reads empty."""
+    if curve_path is None:
+        return None
+    if trainer.eval_dataset is None:
+        write_curve([], curve_path, HELDOUT_KEYS, "eval_loss")
+        return None
+    return Heldout(items, data_sha256, evaluate_start(trainer, ckpt_dir, resume), curve_path, perplexity)
 
 
 @dataclass
