@@ -155,7 +155,9 @@ class EndpointConfig(Section):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(512, ge=1)
     seed: int | None = Field(None, description="sent with every request; makes sampled (temperature>0) calls cacheable")
-    concurrency: int = Field(4, ge=1, description="requests in flight at once to this endpoint")
+    concurrency: int = Field(
+        4, ge=1, description="requests in flight at once to this endpoint (the embedded server: llm.embedded.slots)"
+    )
     timeout: float = Field(120.0, gt=0, description="seconds before a request counts as hung")
     max_retries: int = Field(5, ge=0)
     price_input_per_1k: float = Field(0.0, ge=0, description="USD per 1k prompt tokens, for cost accounting")
@@ -180,12 +182,15 @@ class EndpointConfig(Section):
 
 class EmbeddedServerConfig(Section):
     model: str = Field("embedded", description="'embedded' (the SmolLM2 GGUF) or a path to a .gguf file")
-    n_ctx: int = Field(4096, ge=256)
-    n_threads: int | None = Field(
-        None,
+    n_ctx: int = Field(4096, ge=256, description="context tokens (prompt + reply) of each request")
+    slots: int = Field(
+        8,
         ge=1,
-        description="decode threads; unset: half the cores, as fast as all of them when idle OpenMP threads sleep "
-        "(bench/server_threads.py) and kinder to a stage running beside the server",
+        description="requests decoded together (continuous batching); the gateway sends this many at once to the "
+        "embedded server, whatever a role's concurrency (bench/engine_batching.py)",
+    )
+    n_threads: int | None = Field(
+        None, ge=1, description="decode threads; unset: every core this process may use (batched decoding uses them)"
     )
     startup_timeout: float = Field(120.0, gt=0)
 
@@ -405,7 +410,9 @@ class EvalConfig(Section):
         "judges; json: the gateway's structured output (grammar-constrained on llama.cpp), for small judges",
     )
     max_new_tokens: int = Field(1024, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(
+        32, ge=1, description="prompts a local model answers together (speed only: greedy answers do not change)"
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where local models answer: CUDA in bf16 when torch can use it, else the CPU in fp32"

@@ -1,7 +1,7 @@
 """The LLM gateway: every teacher and judge call in the project goes through `Gateway`.
 
 Per role (`llm.teacher`, `llm.judge` in params.yaml) it resolves an OpenAI-compatible endpoint, or starts the
-embedded llama.cpp server (shared by roles, stopped on exit). Calls go through the `openai` client with bounded
+embedded batching server (shared by roles, stopped on exit). Calls go through the `openai` client with bounded
 concurrency, retries with exponential backoff and jitter (429 honouring Retry-After, 5xx, timeouts, connection
 errors, unreadable bodies), a circuit breaker that fails the stage when an endpoint is dead, a persistent cache
 of deterministic requests, and token/cost accounting written to the stage's metrics.
@@ -102,6 +102,7 @@ class _Endpoint:
     fingerprint: str  # model id plus, for the embedded server, a hash of the weights
     json_mode: str
     client: Any
+    concurrency: int
     slots: threading.Semaphore
     breaker: _Breaker
 
@@ -219,15 +220,18 @@ class Gateway:
             api_key = resolve_api_key(cfg, base_url)
             name, fingerprint = base_url, model
             json_mode = "json_object" if cfg.json_mode == "auto" else cfg.json_mode
+            concurrency = cfg.concurrency
         else:
             if self._server is None:
                 self._server = EmbeddedServer(self.cfg.embedded).start()
             server = self._server
             base_url, model, api_key = server.base_url, server.alias, "embedded-no-key"
-            name, fingerprint = f"embedded:{server.gguf.name}", f"{server.alias}@{server.fingerprint}"
+            name = f"embedded:{server.gguf.name}"
+            fingerprint = f"{server.alias}@{server.fingerprint}"  # same replies as llama-cpp-python's server gave
             json_mode = "json_object_schema" if cfg.json_mode == "auto" else cfg.json_mode
+            concurrency = self.cfg.embedded.slots  # all of them: it decodes them together
         client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=cfg.timeout)
-        log.info("llm.%s -> %s (model %s, concurrency %d)", role, name, model, cfg.concurrency)
+        log.info("llm.%s -> %s (model %s, concurrency %d)", role, name, model, concurrency)
         return _Endpoint(
             role=role,
             cfg=cfg,
@@ -237,7 +241,8 @@ class Gateway:
             fingerprint=fingerprint,
             json_mode=json_mode,
             client=client,
-            slots=threading.Semaphore(cfg.concurrency),
+            concurrency=concurrency,
+            slots=threading.Semaphore(concurrency),
             breaker=_Breaker(self.cfg.breaker_failures),
         )
 
@@ -454,7 +459,7 @@ class Gateway:
         ep = self.endpoint(role)  # start servers in this thread, not a worker
         results: list[Any] = [None] * len(items)
         with (
-            ThreadPoolExecutor(max_workers=ep.cfg.concurrency) as pool,
+            ThreadPoolExecutor(max_workers=ep.concurrency) as pool,
             tqdm(total=len(items), desc=f"{self.stage}: {desc}", unit="req", disable=None) as bar,
         ):
             futures = {pool.submit(fn, item): i for i, item in enumerate(items)}

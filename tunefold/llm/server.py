@@ -1,4 +1,4 @@
-"""The embedded OpenAI-compatible server: llama.cpp's, on 127.0.0.1 and a free port, with the SmolLM2 GGUF.
+"""The embedded OpenAI-compatible server (tunefold.llm.batch_server) on 127.0.0.1 and a free port, with a GGUF.
 
 The child runs in its own process group and is asked by the kernel to exit when its parent dies
 (PR_SET_PDEATHSIG), so neither Ctrl-C, an exception nor a SIGKILL of the pipeline leaves it running.
@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from tunefold.config import EmbeddedServerConfig
+from tunefold.cores import briefly_spinning, usable_cores
 from tunefold.errors import TunefoldError
 from tunefold.ports import free_port
 from tunefold.train.models import EMBEDDED, embedded_gguf
@@ -76,15 +77,21 @@ class EmbeddedServer:
             if self.proc is not None and self.proc.poll() is None:
                 return self
             self.port = free_port()
-            cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", self.alias]
-            cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.cfg.n_ctx)]
-            if self.cfg.n_threads:  # unset: llama-cpp-python's half of the cores (bench/server_threads.py)
-                cmd += ["--n_threads", str(self.cfg.n_threads)]
+            cmd = [sys.executable, "-m", "tunefold.llm.batch_server", "--model", str(self.gguf), "--alias", self.alias]
+            cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--n-ctx", str(self.cfg.n_ctx)]
+            cmd += ["--slots", str(self.cfg.slots), "--threads", str(self.cfg.n_threads or usable_cores())]
             fd, name = tempfile.mkstemp(prefix="tunefold-llama-", suffix=".log")
             self._log_file = Path(name)
-            log.info("starting embedded llama.cpp server (%s) on 127.0.0.1:%d", self.gguf.name, self.port)
+            log.info(
+                "starting the embedded server (%s, %d slots) on 127.0.0.1:%d", self.gguf.name, self.cfg.slots, self.port
+            )
             self.proc = subprocess.Popen(
-                cmd, stdout=fd, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+                cmd,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                env=briefly_spinning(),
             )
             os.close(fd)
             atexit.register(self.stop)
@@ -97,7 +104,7 @@ class EmbeddedServer:
             if self.proc is None or self.proc.poll() is not None:
                 tail = self._log_tail()
                 self.stop()
-                raise TunefoldError(f"embedded llama.cpp server exited while starting:\n{tail}")
+                raise TunefoldError(f"embedded server exited while starting:\n{tail}")
             try:
                 if httpx.get(f"{self.base_url}/models", timeout=2).status_code == 200:
                     log.info("embedded server ready at %s", self.base_url)
@@ -107,7 +114,7 @@ class EmbeddedServer:
             time.sleep(0.2)
         tail = self._log_tail()
         self.stop()
-        raise TunefoldError(f"embedded llama.cpp server not ready after {self.cfg.startup_timeout:.0f}s:\n{tail}")
+        raise TunefoldError(f"embedded server not ready after {self.cfg.startup_timeout:.0f}s:\n{tail}")
 
     def _log_tail(self, n: int = 20) -> str:
         if self._log_file and self._log_file.exists():

@@ -1,0 +1,158 @@
+"""The embedded batching server: same greedy replies batched or alone and as llama-cpp-python's server, JSON mode,
+seeded sampling, and clear 400s for what it cannot answer. Real llama.cpp on the SmolLM2 GGUF throughout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tunefold.config import EmbeddedServerConfig
+from tunefold.llm.server import EmbeddedServer
+from tunefold.ports import free_port
+from tunefold.train.models import embedded_gguf
+
+QUESTIONS = [
+    "Why is the sky blue? Answer in two sentences.",
+    "Name three uses of a paperclip.",
+    "What is 17 times 3? Explain briefly.",
+    "Write a haiku about rain.",
+]
+
+
+def _ask(client: object, model: str, question: str, **kw: object) -> object:
+    messages = [{"role": "user", "content": question}]
+    return client.chat.completions.create(model=model, messages=messages, **kw)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[EmbeddedServer]:
+    srv = EmbeddedServer(EmbeddedServerConfig(n_ctx=1024, slots=4)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: EmbeddedServer) -> object:
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.base_url, api_key="none", max_retries=0)
+
+
+def test_batched_greedy_replies_are_the_ones_decoded_alone(server: EmbeddedServer, client: object) -> None:
+    alone = [_ask(client, server.alias, q, temperature=0, max_tokens=48) for q in QUESTIONS]
+    with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+        together = list(pool.map(lambda q: _ask(client, server.alias, q, temperature=0, max_tokens=48), QUESTIONS))
+    assert [r.choices[0].message.content for r in together] == [r.choices[0].message.content for r in alone]
+    for r in alone:
+        assert r.usage.completion_tokens <= 48 and r.usage.prompt_tokens > 10
+        assert r.choices[0].finish_reason in ("stop", "length")
+    assert any(r.choices[0].finish_reason == "length" for r in alone)  # 48 tokens cut at least one
+
+
+def test_greedy_replies_match_llama_cpp_pythons_own_server(server: EmbeddedServer, client: object) -> None:
+    """The server it replaced renders the same chat template, decodes the same GGUF and samples with the same
+    chain: the same greedy text and the same seeded draw, in JSON mode too (so the gateway's cached replies, keyed
+    by the model and the request, stay valid)."""
+    from openai import OpenAI
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--model_alias", "ref"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, "llama_cpp.server did not start"
+                time.sleep(0.2)
+        ref = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        rating = {"type": "json_object", "schema": {"type": "object", "properties": {"score": {"type": "integer"}}}}
+        cases = [
+            (QUESTIONS[0], {"temperature": 0}),
+            (QUESTIONS[1], {"temperature": 0.8, "seed": 1}),
+            (f"Rate this from 1 to 10 as JSON: {QUESTIONS[2]}", {"temperature": 0, "response_format": rating}),
+            (
+                f"Rate this from 1 to 10 as JSON: {QUESTIONS[3]}",
+                {"temperature": 0.7, "seed": 2, "response_format": rating},
+            ),
+        ]
+        for q, sampling in cases:
+            theirs = _ask(ref, "ref", q, max_tokens=40, **sampling)
+            ours = _ask(client, server.alias, q, max_tokens=40, **sampling)
+            assert ours.choices[0].message.content == theirs.choices[0].message.content
+            assert ours.usage.prompt_tokens == theirs.usage.prompt_tokens
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_json_mode_follows_the_schema(server: EmbeddedServer, client: object) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"rating": {"type": "integer"}, "reason": {"type": "string", "maxLength": 40}},
+        "required": ["rating", "reason"],
+    }
+    fmt = {"type": "json_object", "schema": schema}
+    with ThreadPoolExecutor(3) as pool:
+        replies = list(
+            pool.map(
+                lambda q: _ask(
+                    client, server.alias, f"Rate 1-10: {q}", temperature=0, max_tokens=96, response_format=fmt
+                ),
+                QUESTIONS[:3],
+            )
+        )
+    for r in replies:
+        assert r.choices[0].finish_reason == "stop"
+        value = json.loads(r.choices[0].message.content)
+        assert set(value) == {"rating", "reason"} and isinstance(value["rating"], int)
+    plain = _ask(
+        client,
+        server.alias,
+        "Greet me in JSON.",
+        temperature=0,
+        max_tokens=200,
+        response_format={"type": "json_object"},
+    )
+    if plain.choices[0].finish_reason == "stop":  # JSON without a schema: any object, whole when the model ends it
+        assert isinstance(json.loads(plain.choices[0].message.content), dict)
+    else:
+        assert plain.choices[0].finish_reason == "length" and plain.choices[0].message.content.startswith("{")
+
+
+def test_a_seed_makes_a_sampled_reply_reproducible(server: EmbeddedServer, client: object) -> None:
+    def sample(seed: int) -> str:
+        return (
+            _ask(client, server.alias, QUESTIONS[3], temperature=0.9, seed=seed, max_tokens=32)
+            .choices[0]
+            .message.content
+        )
+
+    assert sample(1) == sample(1)
+    assert len({sample(s) for s in (1, 2, 3)}) > 1
+
+
+def test_what_it_cannot_answer_is_a_clear_400(server: EmbeddedServer, client: object) -> None:
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="slot holds 1024"):
+        _ask(client, server.alias, "word " * 2000, max_tokens=8)
+    with pytest.raises(openai.BadRequestError, match="streaming is not supported"):
+        _ask(client, server.alias, "hi", stream=True)
+    with pytest.raises(openai.BadRequestError, match="response_format type 'grammar'"):
+        _ask(client, server.alias, "hi", response_format={"type": "grammar"})
+    bad = httpx.post(f"{server.base_url}/chat/completions", content=b"{not json", timeout=10)
+    assert bad.status_code == 400 and "error" in bad.json()
+    assert httpx.get(f"{server.base_url}/models", timeout=10).json()["data"][0]["id"] == server.alias
+    # and it still answers
+    assert _ask(client, server.alias, "hi", temperature=0, max_tokens=4).choices[0].message.content
