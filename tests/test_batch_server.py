@@ -58,8 +58,8 @@ def test_batched_greedy_replies_are_the_ones_decoded_alone(server: EmbeddedServe
 
 def test_greedy_replies_match_llama_cpp_pythons_own_server(server: EmbeddedServer, client: object) -> None:
     """The server it replaced renders the same chat template, decodes the same GGUF and samples with the same
-    chain: the same greedy text and the same seeded draw, in JSON mode too (so the gateway's cached replies, keyed
-    by the model and the request, stay valid)."""
+    chain: the same greedy text and the same seeded draw, in JSON mode too, for prompts of one chunk (longer ones
+    are decoded in chunks, with other numbers, so the gateway's cache key tells the two servers apart)."""
     from openai import OpenAI
 
     port = free_port()
@@ -156,3 +156,33 @@ def test_what_it_cannot_answer_is_a_clear_400(server: EmbeddedServer, client: ob
     assert httpx.get(f"{server.base_url}/models", timeout=10).json()["data"][0]["id"] == server.alias
     # and it still answers
     assert _ask(client, server.alias, "hi", temperature=0, max_tokens=4).choices[0].message.content
+
+
+def test_a_reply_does_not_depend_on_the_prompts_before_it() -> None:
+    """Prompts sharing long instructions reuse each other's KV chunks, and each reply is still the one a fresh
+    engine gives: only whole prompt chunks at fixed positions are kept, which decode to the same numbers."""
+    from tunefold.llm.batch_server import ChatModel
+    from tunefold.llm.engine import Engine
+
+    rules = " ".join(f"Rule {i}: keep the label short and consistent with the taxonomy." for i in range(12))
+    bodies = [
+        {"messages": [{"role": "system", "content": rules}, {"role": "user", "content": f"Label: a poem about {w}."}]}
+        | {"max_tokens": 24, "temperature": 0}
+        for w in ("cats", "rain", "maths", "tea")
+    ]
+    engine = Engine(embedded_gguf(), slots=2, n_ctx=1024)
+    try:
+        model = ChatModel(engine, "x")
+        shared = [model.chat(b) for b in bodies]
+    finally:
+        engine.close()
+    assert all(r["usage"]["prompt_tokens"] > 150 for r in shared)
+    assert sum(r["usage"]["prompt_tokens_details"]["cached_tokens"] >= 128 for r in shared) >= 2
+    for body, reply in zip(bodies, shared, strict=True):
+        fresh = Engine(embedded_gguf(), slots=1, n_ctx=1024)
+        try:
+            alone = ChatModel(fresh, "x").chat(body)
+        finally:
+            fresh.close()
+        assert alone["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+        assert alone["choices"][0]["message"]["content"] == reply["choices"][0]["message"]["content"]

@@ -99,6 +99,7 @@ class ChatModel:
                 "prompt_tokens": done.prompt_tokens,
                 "completion_tokens": done.completion_tokens,
                 "total_tokens": done.prompt_tokens + done.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
             },
         }
 

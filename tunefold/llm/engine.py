@@ -22,6 +22,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 # A decode step of fewer tokens runs on one thread: waking a second costs more than it gives (bench/RESULTS.md)
 SHARED_STEP_TOKENS = 4
+# In the gateway's cache key of embedded replies: chunked prompts decode with other numbers than llama-cpp-python's
+# server (one batch of up to 512 tokens), so a long prompt's reply may differ from the one that server cached
+ENGINE_REVISION = "chunk64"
+PROMPT_CHUNK = 64  # prompt tokens per decode step, at fixed positions; the unit a later prompt can reuse
 _TOKEN_DATA = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]  # llama_token_data, as a numpy record
 
 
@@ -48,6 +52,7 @@ class Completion:
     finish_reason: str  # "stop": the model ended it; "length": max_tokens or the slot's context cut it
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens not decoded again: an earlier prompt left them in the slot
 
 
 class PromptTooLong(ValueError):
@@ -62,6 +67,7 @@ class _Slot:
     future: Future[Completion]
     sampler: Any  # the chain without the grammar
     grammar: Any  # None, or the grammar sampler, checked against the chain's pick first
+    cached: int = 0  # prompt tokens whose KV cells an earlier request left
     fed: int = 0  # prompt tokens already in the KV cache
     pos: int = 0
     out: list[int] = field(default_factory=list)
@@ -72,7 +78,9 @@ class _Slot:
 class Engine:
     """A GGUF model with `slots` sequences decoded together by one worker thread; `complete` is thread-safe."""
 
-    def __init__(self, gguf: Path, slots: int = 8, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+    def __init__(
+        self, gguf: Path, slots: int = 8, n_ctx: int = 4096, n_threads: int | None = None, chunk: int = PROMPT_CHUNK
+    ) -> None:
         import llama_cpp as L
 
         self._L = L
@@ -97,6 +105,8 @@ class Engine:
         self.n_ctx = L.llama_n_ctx_seq(self.ctx)
         self.n_batch = params.n_batch
         self._batch = L.llama_batch_init(self.n_batch, 0, 1)
+        self.chunk = chunk
+        self._held: dict[int, list[int]] = {}  # free sequence -> the prompt tokens its KV cells still hold
         self._queue: queue.Queue[tuple[list[int], Sampling, Future[Completion]] | None] = queue.Queue()
         self._closed = threading.Event()
         self._worker = threading.Thread(target=self._run, name="llama-batch", daemon=True)
@@ -189,9 +199,33 @@ class Engine:
             except ValueError as exc:
                 future.set_exception(exc)
                 continue
-            seq = min(set(range(self.slots)) - set(active))
-            active[seq] = _Slot(seq, prompt, sampling, future, chain, grammar)
+            seq, kept = self._reuse(prompt, free=set(range(self.slots)) - set(active))
+            active[seq] = _Slot(seq, prompt, sampling, future, chain, grammar, cached=kept, fed=kept, pos=kept)
         return True
+
+    def _reuse(self, prompt: list[int], free: set[int]) -> tuple[int, int]:
+        """The free sequence whose KV cells hold the longest start of `prompt`, and how many of them to keep.
+
+        Judge and teacher prompts of a stage share their instructions, so most of a prompt is often in some slot
+        already. Only whole prompt chunks are kept: a chunk's numbers depend on the chunks before it and on its own
+        shape, both the same whether it is decoded again or kept, so a reply never depends on which requests came
+        before (a test). Generated tokens were decoded in other batch shapes and are never kept.
+        """
+        mem = self._L.llama_get_memory(self.ctx)
+        best, shared = min(free), 0
+        for seq in sorted(free):
+            held = self._held.get(seq, [])
+            n = next(
+                (i for i, (a, b) in enumerate(zip(held, prompt, strict=False)) if a != b), min(len(held), len(prompt))
+            )
+            n = min(n, len(prompt) - 1) // self.chunk * self.chunk  # whole chunks, and the last token decoded again
+            if n > shared:
+                best, shared = seq, n
+        self._held.pop(best, None)
+        if shared == 0 or not self._L.llama_memory_seq_rm(mem, best, shared, -1):
+            self._L.llama_memory_seq_rm(mem, best, -1, -1)
+            shared = 0
+        return best, shared
 
     def _fail_queued(self, exc: BaseException) -> None:
         while True:
@@ -203,10 +237,11 @@ class Engine:
                 item[2].set_exception(exc)
 
     def _step(self, active: dict[int, _Slot]) -> None:
-        """One llama_decode: one sequence's prompt (as much as the batch holds), else every sequence's last token.
+        """One llama_decode: the next chunk of one sequence's prompt, else every sequence's last token.
 
-        A prompt is decoded in a batch of its own, never beside other sequences' tokens: the same batch shapes as
-        decoding it alone, hence the same numbers and the same greedy reply whatever else is running (a test)."""
+        A prompt is decoded in chunks of `chunk` tokens at fixed positions, never beside other sequences' tokens:
+        the same batch shapes as decoding it alone, hence the same numbers and the same greedy reply whatever else
+        is running, and the chunks another request can reuse (a test)."""
         L, batch = self._L, self._batch
         batch.n_tokens = 0
 
@@ -223,7 +258,7 @@ class Engine:
             slot.logits_at = -1
         filling = next((slot for slot in active.values() if slot.fed < len(slot.prompt)), None)
         if filling is not None:
-            while filling.fed < len(filling.prompt) and batch.n_tokens < self.n_batch:
+            while filling.fed < len(filling.prompt) and (batch.n_tokens == 0 or filling.fed % self.chunk):
                 filling.fed += 1
                 add(filling, filling.prompt[filling.fed - 1], filling.fed == len(filling.prompt))
         else:
@@ -251,9 +286,9 @@ class Engine:
     def _finish(self, active: dict[int, _Slot], seq: int, reason: str) -> None:
         slot = active.pop(seq)
         self._free(slot)
-        self._L.llama_memory_seq_rm(self._L.llama_get_memory(self.ctx), seq, -1, -1)
+        self._held[seq] = slot.prompt
         text = b"".join(slot.pieces).decode(errors="ignore")
-        slot.future.set_result(Completion(text, reason, len(slot.prompt), len(slot.out)))
+        slot.future.set_result(Completion(text, reason, len(slot.prompt), len(slot.out), slot.cached))
 
     def _samplers(self, s: Sampling) -> tuple[Any, Any]:
         """The chain llama-cpp-python's server builds (penalties, then greedy or top-k/top-p/min-p/temperature/

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from tunefold.config import EndpointConfig, LLMConfig
 from tunefold.errors import TunefoldError
 from tunefold.llm.cache import ResponseCache, is_deterministic, request_key
+from tunefold.llm.engine import ENGINE_REVISION
 from tunefold.llm.parsing import Parsed, failed, parse_model
 from tunefold.llm.secrets import resolve_api_key
 from tunefold.llm.server import EmbeddedServer, gguf_path
@@ -227,7 +228,7 @@ class Gateway:
             server = self._server
             base_url, model, api_key = server.base_url, server.alias, "embedded-no-key"
             name = f"embedded:{server.gguf.name}"
-            fingerprint = f"{server.alias}@{server.fingerprint}"  # same replies as llama-cpp-python's server gave
+            fingerprint = f"{server.alias}@{server.fingerprint}+{ENGINE_REVISION}"  # its numbers, its replies
             json_mode = "json_object_schema" if cfg.json_mode == "auto" else cfg.json_mode
             concurrency = self.cfg.embedded.slots  # all of them: it decodes them together
         client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=cfg.timeout)
