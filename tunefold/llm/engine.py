@@ -1,23 +1,24 @@
 """Continuous batching on llama.cpp: several chat requests decoded together in one context.
 
-One sequence at a time, a decode step of a small model is mostly fixed cost (dozens of tiny kernels per layer, the
-weights read once per token), so two cores sit half idle; decoding up to `slots` sequences in the same step reads
-the weights once for all of them (bench/engine_batching.py: 3.5x the tokens per second of one sequence on 2 cores).
 Each sequence has its own KV cells, sampler chain (grammar, seed) and token budget; requests join and leave the
-batch between steps. On the CPU greedy decoding gives the same tokens whatever else shares the batch (a test).
+batch between steps. Prompts are decoded alone, in fixed chunks that a later prompt starting the same way reuses;
+generated tokens of all sequences are decoded together, on one thread when there are few of them (a second thread
+that sleeps between the many small kernels of a step costs more than it gives: bench/RESULTS.md). A reply is the
+same batched or alone, and whatever ran before it (tests).
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tunefold.cores import usable_cores
 
 log = logging.getLogger(__name__)
 # A decode step of fewer tokens runs on one thread: waking a second costs more than it gives (bench/RESULTS.md)
@@ -96,7 +97,7 @@ class Engine:
         params.n_batch = params.n_ubatch = 512
         params.kv_unified = False
         params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama-cpp-python's server: the same replies
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads or usable_cores()
         params.n_threads = params.n_threads_batch = self._threads_now = self.n_threads
         self.ctx = L.llama_init_from_model(self.model, params)
         if not self.ctx:
