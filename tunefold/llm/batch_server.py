@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tunefold.llm.engine import Engine, PromptTooLong, Sampling
+from tunefold.llm.engine import Engine, Sampling
 
 log = logging.getLogger("tunefold.llm.batch_server")
 
@@ -81,7 +81,7 @@ class ChatModel:
             raise BadRequest(f"messages cannot be formatted with the model's chat template: {exc}") from None
         try:
             done = self.engine.complete(prompt, self.sampling(body, len(prompt)))
-        except (PromptTooLong, ValueError) as exc:
+        except ValueError as exc:  # PromptTooLong, or a grammar llama.cpp rejects
             raise BadRequest(str(exc)) from None
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--slots", type=int, default=8, help="requests decoded together")
     ap.add_argument("--n-ctx", type=int, default=4096, help="context tokens of each slot (prompt + reply)")
-    ap.add_argument("--threads", type=int, default=None, help="decode threads (default: llama.cpp's)")
+    ap.add_argument("--threads", type=int, default=None, help="decode threads (default: every usable core)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = Engine(args.model, slots=args.slots, n_ctx=args.n_ctx, n_threads=args.threads)

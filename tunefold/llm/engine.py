@@ -83,6 +83,7 @@ class Engine:
         self, gguf: Path, slots: int = 8, n_ctx: int = 4096, n_threads: int | None = None, chunk: int = PROMPT_CHUNK
     ) -> None:
         import llama_cpp as L
+        import numpy as np
 
         self._L = L
         _quiet_llama_logs(L)
@@ -91,6 +92,7 @@ class Engine:
         if not self.model:
             raise ValueError(f"llama.cpp could not load {gguf}")
         self.vocab = L.llama_model_get_vocab(self.model)
+        self._ids = np.arange(L.llama_vocab_n_tokens(self.vocab), dtype=np.int32)  # every token, for each sampling
         params = L.llama_context_default_params()
         params.n_seq_max = slots
         params.n_ctx = n_ctx * slots  # each sequence gets n_ctx cells of its own
@@ -166,7 +168,7 @@ class Engine:
         active: dict[int, _Slot] = {}
         try:
             while True:
-                if not self._admit(active, block=not active):
+                if not self._admit(active):
                     break
                 if active:
                     self._step(active)
@@ -180,11 +182,12 @@ class Engine:
             for slot in active.values():
                 self._free(slot)
 
-    def _admit(self, active: dict[int, _Slot], block: bool) -> bool:
-        """Move queued requests into free sequence ids; False when the engine is closing."""
+    def _admit(self, active: dict[int, _Slot]) -> bool:
+        """Move queued requests into free sequence ids (waiting for one when none is active); False when the
+        engine is closing."""
         while len(active) < self.slots:
             try:
-                item = self._queue.get(block=block and not active)
+                item = self._queue.get(block=not active)
             except queue.Empty:
                 return True
             if item is None:
@@ -349,10 +352,10 @@ class Engine:
         """Every token with its logit at the slot's position, as the array the samplers edit in place."""
         import numpy as np
 
-        n_vocab = self._L.llama_vocab_n_tokens(self.vocab)
+        n_vocab = len(self._ids)
         logits = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self.ctx, slot.logits_at), shape=(n_vocab,))
-        cells = np.zeros(n_vocab, dtype=_TOKEN_DATA)
-        cells["id"], cells["logit"] = np.arange(n_vocab), logits
+        cells = np.empty(n_vocab, dtype=_TOKEN_DATA)
+        cells["id"], cells["logit"], cells["p"] = self._ids, logits, 0.0
         return cells, self._token_array(cells)
 
     def _grammar_allows(self, grammar: Any, token: int) -> bool:
