@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -121,6 +122,22 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def copy_repo(src: Path, dest: Path) -> Path:
+    """A copy of a project tree in which the files DVC protects (read-only: its cache, and the outputs linked to it)
+    are hard links to the same files, and the rest is copied. DVC never writes such a file in place: it replaces an
+    output it re-runs or unprotects. A copy of the reproduced pipeline is then ~40 MB instead of 1.2 GB (the base
+    model in the cache and again in the workspace), and the suite's copies fit on a small CI disk."""
+
+    def link_or_copy(source: str, target: str) -> None:
+        if os.stat(source).st_mode & stat.S_IWUSR:
+            shutil.copy2(source, target)
+        else:
+            os.link(source, target)
+
+    shutil.copytree(src, dest, symlinks=True, copy_function=link_or_copy)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def prepared_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small project copy (see `shrink_training`) in which `dvc repro prepare_model` has converted the embedded
@@ -137,11 +154,8 @@ def prepared_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def base_model(prepared_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded SmolLM2 converted by the real prepare_model stage (a copy: the repo's files are linked to its
-    DVC cache)."""
-    out = tmp_path_factory.mktemp("model") / "base"
-    shutil.copytree(prepared_repo / "models/base", out)
-    return out
+    """The embedded SmolLM2 converted by the real prepare_model stage (a copy, its weights linked)."""
+    return copy_repo(prepared_repo / "models/base", tmp_path_factory.mktemp("model") / "base")
 
 
 def shrink_training(repo: Path) -> None:
@@ -177,13 +191,11 @@ def reproduced_repo(prepared_repo: Path, tmp_path_factory: pytest.TempPathFactor
     once per session (`shared`), and this worker's own copy of it, which its tests may run DVC in."""
 
     def build(dest: Path) -> None:
-        shutil.copytree(prepared_repo, dest, symlinks=True)
+        copy_repo(prepared_repo, dest)
         run([sys.executable, "-m", "dvc", "repro"], dest)
 
     snapshot = shared(tmp_path_factory, "reproduced", build)
-    repo = tmp_path_factory.mktemp("repo") / "project"
-    shutil.copytree(snapshot, repo, symlinks=True)
-    return repo
+    return copy_repo(snapshot, tmp_path_factory.mktemp("repo") / "project")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from typing import ClassVar
 import pytest
 import yaml
 
-from tests.conftest import prefect_home, run
+from tests.conftest import copy_repo, prefect_home, run
 from tunefold.pipeline.lock import WorkspaceLock
 
 pytestmark = pytest.mark.slow
@@ -50,7 +49,7 @@ def registry(repo: Path) -> list[dict]:
 def promoted_repo(reproduced_repo: Path, migrated_prefect_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project copy after its first cycle (the first model is always promoted when its judgments parse)."""
     repo = tmp_path_factory.mktemp("cycle") / "repo"
-    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    copy_repo(reproduced_repo, repo)
     set_params(repo, cycle={"gate": {"max_failure_rate": 1.0}})
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "gate for the test"], repo)
     home = {"PREFECT_HOME": str(prefect_home(migrated_prefect_home, repo.parent / "prefect-home")), **EPHEMERAL}
@@ -62,7 +61,7 @@ def promoted_repo(reproduced_repo: Path, migrated_prefect_home: Path, tmp_path_f
 @pytest.fixture
 def repo(promoted_repo: Path, tmp_path: Path) -> Path:
     """This test's own copy of the promoted project."""
-    shutil.copytree(promoted_repo, tmp_path / "repo", symlinks=True)
+    copy_repo(promoted_repo, tmp_path / "repo")
     return tmp_path / "repo"
 
 
@@ -135,7 +134,7 @@ def challenger(
     whatever the embedded judge's scores are."""
     work = tmp_path_factory.mktemp("challenger")
     repo = work / "repo"
-    shutil.copytree(promoted_repo, repo, symlinks=True)
+    copy_repo(promoted_repo, repo)
     v1_adapter = sha(repo / ADAPTER)
     v1_data = (repo / "data/sample/alpaca.jsonl").read_text()
     row = {"instruction": "Name three primary colours.", "input": "", "output": "Red, yellow and blue."}
@@ -180,7 +179,7 @@ def test_new_data_rejected_by_the_gate_then_checkout_restores_the_champion(
     challenger: Challenger, tmp_path: Path
 ) -> None:
     repo = tmp_path / "repo"  # a copy: the checkout below changes the workspace
-    shutil.copytree(challenger.repo, repo, symlinks=True)
+    copy_repo(challenger.repo, repo)
     first, second = registry(repo)
     assert not second["promoted"] and second["tag"].startswith("challenger-") and second["tag"] in challenger.out
     assert "no pairwise judgment against the champion" in second["reason"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, prefect_home, prefect_server_at, run
+from tests.conftest import ROOT, copy_repo, prefect_home, prefect_server_at, run
 from tunefold.data.records import read_records
 from tunefold.data.subsets import prompt_key, unique_conversations
 from tunefold.pipeline.dag import StageGraph
@@ -122,7 +122,7 @@ def test_an_adaptive_round_remeasures_with_the_previous_rounds_student(reproduce
     rating, the round has at most its planned size (fitted ones left out), and every planned instruction is
     accounted for in the candidates file; sft@r2 then trains on it."""
     repo = tmp_path / "repo"
-    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    copy_repo(reproduced_repo, repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["curriculum"]["plan"]["adaptive"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -167,7 +167,7 @@ def test_an_adaptive_round_remeasures_with_the_previous_rounds_student(reproduce
 
 def test_changing_round_two_does_not_retrain_round_one(reproduced_repo: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    copy_repo(reproduced_repo, repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["rounds"]["r2"]["learning_rate"] = 3.0e-4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -179,7 +179,7 @@ def test_changing_round_two_does_not_retrain_round_one(reproduced_repo: Path, tm
 
 def test_dvc_push_to_the_default_local_remote(reproduced_repo: Path, tmp_path: Path) -> None:
     repo = tmp_path / "project"
-    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    copy_repo(reproduced_repo, repo)
     out = run([*DVC, "push"], repo).stdout
     store = tmp_path / "tunefold-dvc-store"
     assert store.is_dir() and any(store.rglob("*")), out
@@ -190,7 +190,7 @@ def test_dvc_push_to_the_default_local_remote(reproduced_repo: Path, tmp_path: P
 
 def test_changing_a_param_reruns_only_downstream(reproduced_repo: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    copy_repo(reproduced_repo, repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["validate"]["max_tokens"] = 4096
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -221,7 +221,7 @@ def flow_run(
 
     work = tmp_path_factory.mktemp("flow")
     repo = work / "project"
-    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    copy_repo(reproduced_repo, repo)
     secret = f"sk-tunefold-{uuid.uuid4().hex}"  # made here, so not even this test file contains it
     home = prefect_home(migrated_prefect_home, work / "prefect-home")
     with prefect_server_at(home, work / "server.log") as server:
@@ -316,7 +316,7 @@ def test_failing_stage_fails_the_flow_without_a_server(
 ) -> None:
     """Ephemeral Prefect (no server); a validation over its limit fails the run with the stage's message."""
     repo = tmp_path / "repo"
-    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    copy_repo(reproduced_repo, repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["validate"]["max_tokens"] = 40
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
