@@ -1,5 +1,7 @@
 """Benchmark: our batched generator vs one-question-at-a-time `model.generate` (what FastChat's gen_model_answer
-does), same model, prompts and greedy settings; then single-answer judging at concurrency 8 vs 1.
+does), same model, prompts and greedy settings; MT-Bench's first turns at their category temperatures in one batch
+vs one batch per temperature (one `generate` call per sampling setting, as the generator did before); then
+single-answer judging at concurrency 8 vs 1.
 
 Run: .venv/bin/python bench/generation.py [--questions PATH] [--max-new-tokens 64] [--batch-size 8]
 """
@@ -13,6 +15,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunefold.eval.generation import Generator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,8 +49,13 @@ def main() -> None:
         for conv in convs:  # the baseline: one question at a time
             ids = tok.apply_chat_template(conv, add_generation_prompt=True, return_tensors="pt", return_dict=True)
             with torch.no_grad():
-                out = model.generate(**ids, max_new_tokens=args.max_new_tokens, do_sample=False,
-                                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+                out = model.generate(
+                    **ids,
+                    max_new_tokens=args.max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id,
+                )
             new = out[0, ids["input_ids"].shape[1] :].tolist()
             plain_tokens += new.index(tok.eos_token_id) if tok.eos_token_id in new else len(new)
         plain = time.perf_counter() - t0
@@ -55,13 +66,49 @@ def main() -> None:
         ours = time.perf_counter() - t0
         ours_tokens = sum(o.new_tokens for o in outs)
         result = {
-            "questions": len(convs), "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-            "plain_s": round(plain, 1), "plain_tokens_per_s": round(plain_tokens / plain, 1),
-            "batched_s": round(ours, 1), "batched_tokens_per_s": round(ours_tokens / ours, 1),
+            "questions": len(convs),
+            "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.batch_size,
+            "plain_s": round(plain, 1),
+            "plain_tokens_per_s": round(plain_tokens / plain, 1),
+            "batched_s": round(ours, 1),
+            "batched_tokens_per_s": round(ours_tokens / ours, 1),
             "tokens_per_s_ratio": round((ours_tokens / ours) / (plain_tokens / plain), 2),
-        }  # fmt: skip
+        }
         print(json.dumps(result, indent=2), flush=True)
+        print(json.dumps(bench_temperatures(gen, questions), indent=2), flush=True)
         print(json.dumps(bench_judging(questions, [o.text for o in outs], Path(tmp)), indent=2))
+
+
+def bench_temperatures(gen: Generator, questions: list) -> dict:
+    """Turn 1 of every question at MT-Bench's temperature for its category: one batch per temperature, then
+    all in one batch. The greedy answers must agree; the sampled ones depend on the batch (seeded)."""
+    from tunefold.eval.generation import Prompt
+    from tunefold.eval.mtbench import TEMPERATURE
+
+    prompts = [Prompt([{"role": "user", "content": q.turns[0]}], TEMPERATURE[q.category]) for q in questions]
+    temps = sorted({p.temperature for p in prompts})
+    t0 = time.perf_counter()
+    split = [None] * len(prompts)
+    for temp in temps:
+        idx = [i for i, p in enumerate(prompts) if p.temperature == temp]
+        for i, out in zip(idx, gen.generate([prompts[i] for i in idx]), strict=True):
+            split[i] = out
+    split_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mixed = gen.generate(prompts)
+    mixed_s = time.perf_counter() - t0
+    greedy = [i for i, p in enumerate(prompts) if p.temperature == 0]
+    return {
+        "temperatures": {
+            str(t): sum(p.temperature == t for p in prompts) for t in sorted({p.temperature for p in prompts})
+        },
+        "per_temperature_s": round(split_s, 1),
+        "per_temperature_tokens_per_s": round(sum(o.new_tokens for o in split) / split_s, 1),
+        "one_batch_s": round(mixed_s, 1),
+        "one_batch_tokens_per_s": round(sum(o.new_tokens for o in mixed) / mixed_s, 1),
+        "greedy_answers_equal": all(split[i].text == mixed[i].text for i in greedy),
+    }
 
 
 def bench_judging(questions: list, answers: list[str], work: Path) -> dict:

@@ -31,7 +31,7 @@ from typing import Any
 
 from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig
 from tunefold.eval.flask import answer_instances
-from tunefold.eval.generation import Answerer, hf_answerer
+from tunefold.eval.generation import BATCHING, Answerer, hf_answerer
 from tunefold.eval.mtbench import TEMPERATURE, answer_row, load_questions
 from tunefold.eval.protocol import answer_max_tokens
 from tunefold.io import read_appended, write_jsonl
@@ -45,14 +45,16 @@ Chat = Callable[[list[dict[str, str]], float], tuple[str, int, bool]]
 
 def _fingerprint(cfg: EvalConfig, who: CandidateSettings, questions_file: Path) -> str:
     adapter = Path(who.adapter) / "adapter_model.safetensors" if who.adapter else None
-    vllm = cfg.local_backend == "vllm" and not who.base_url  # another engine may answer differently
+    engine: dict[str, str] = {}  # another engine, or other batches, may answer differently
+    if not who.base_url:
+        engine = {"backend": "vllm"} if cfg.local_backend == "vllm" else {"batching": BATCHING}
     return fingerprint(
         who=who.model_dump(exclude={"concurrency"}),  # how many are in flight does not change an answer
         weights=file_hash(adapter) if adapter and adapter.exists() else None,
         questions=file_hash(questions_file),
         max_new_tokens=answer_max_tokens(cfg),
         seed=cfg.seed,
-        **({"backend": "vllm"} if vllm else {}),
+        **engine,
     )
 
 

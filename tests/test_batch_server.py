@@ -151,8 +151,14 @@ def test_what_it_cannot_answer_is_a_clear_400(server: EmbeddedServer, client: ob
         _ask(client, server.alias, "hi", stream=True)
     with pytest.raises(openai.BadRequestError, match="response_format type 'grammar'"):
         _ask(client, server.alias, "hi", response_format={"type": "grammar"})
+    with pytest.raises(openai.BadRequestError, match="top_p must be a number, not 'high'"):
+        _ask(client, server.alias, "hi", extra_body={"top_p": "high"})
+    with pytest.raises(openai.BadRequestError, match="seed must be an integer"):
+        _ask(client, server.alias, "hi", extra_body={"seed": 1.5})
     bad = httpx.post(f"{server.base_url}/chat/completions", content=b"{not json", timeout=10)
     assert bad.status_code == 400 and "error" in bad.json()
+    # null means the default, as in OpenAI's API
+    assert _ask(client, server.alias, "hi", temperature=0, max_tokens=4, extra_body={"top_k": None})
     assert httpx.get(f"{server.base_url}/models", timeout=10).json()["data"][0]["id"] == server.alias
     # and it still answers
     assert _ask(client, server.alias, "hi", temperature=0, max_tokens=4).choices[0].message.content

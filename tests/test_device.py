@@ -127,6 +127,26 @@ def test_greedy_answers_do_not_depend_on_the_batch_size(tmp_path: Path, base_mod
     assert answers[1] == answers[4] == answers[6]
     assert len(set(answers[1])) > 3  # different prompts, different answers: the comparison means something
 
+    # MT-Bench's temperatures in one batch: the greedy rows keep their greedy answers beside sampled rows, and a
+    # sampled batch is the same again with the same seed
+    mixed = [Prompt(p.messages, 0.0 if i % 2 else 1.5) for i, p in enumerate(prompts)]
+    runs = [[g.text for g in Generator(model, tok, 6, max_new_tokens=16).generate(mixed)] for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert [runs[0][i] for i in (1, 3, 5)] == [answers[1][i] for i in (1, 3, 5)]
+    assert [runs[0][i] for i in (0, 2, 4)] != [answers[1][i] for i in (0, 2, 4)]  # hot rows were sampled
+
+
+def test_each_row_is_sampled_at_its_own_temperature() -> None:
+    """The batch's logits processor: a sampled row's logits over its temperature, a greedy row's highest only."""
+    import torch
+
+    from tunefold.eval.generation import RowTemperatures
+
+    scores = torch.tensor([[1.0, 3.0, 2.0], [1.0, 3.0, 3.0], [0.5, -1.0, 2.0]])
+    out = RowTemperatures([0.0, 0.0, 0.5])(torch.zeros(3, 1, dtype=torch.long), scores)
+    inf = float("-inf")
+    assert out.tolist() == [[inf, 3.0, inf], [inf, 3.0, inf], [1.0, -2.0, 4.0]]
+
 
 def tiny_bf16_checkpoint(base_model: Path, dest: Path) -> Path:
     """A one-layer bf16 model with the embedded model's tokenizer: a stand-in for a hub checkpoint."""

@@ -1,7 +1,9 @@
 """Batched answer generation with transformers: left padding, KV cache, length-sorted batches.
 
-Prompts with the same sampling settings are batched together (greedy ones never share a batch with sampled
-ones); sampled batches are seeded, so a re-run gives the same text.
+Prompts of different temperatures share a batch: each row is sampled at its own temperature, and a greedy row
+(temperature 0) keeps only its most likely token, so it gets the answer greedy decoding gives. MT-Bench asks at
+three temperatures; batches split by temperature ran 3 small batches per turn where one fits. Batches are seeded,
+so a re-run gives the same text.
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from typing import TYPE_CHECKING
 from tunefold.eval.protocol import answer_max_tokens
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from tunefold.config import EvalConfig
 
 log = logging.getLogger(__name__)
+
+# how transformers' batches are formed, in the answers' fingerprint: rows of different temperatures share a batch
+# since this revision, which changes sampled answers (greedy ones stay the same)
+BATCHING = "mixed-temperatures"
 
 # (conversations, temperatures) -> (text, new tokens, stopped at the end-of-turn token) per conversation: what a
 # local backend (transformers here, vLLM in vllm_engine) gives `generate` for one batch of turns
@@ -79,22 +86,26 @@ class Generator:
             self.tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True) for p in prompts
         ]
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        groups: dict[float, list[int]] = {}
-        for i in sorted(range(len(prompts)), key=lambda i: -lengths[i]):  # similar lengths share a batch
-            groups.setdefault(prompts[i].temperature, []).append(i)
+        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # similar lengths share a batch
         out: list[Generated | None] = [None] * len(prompts)
-        for temperature, members in groups.items():
-            for start in range(0, len(members), self.batch_size):
-                idx = members[start : start + self.batch_size]
-                for i, g in zip(idx, self._batch([texts[i] for i in idx], temperature, start), strict=True):
-                    out[i] = g
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = self._batch([texts[i] for i in idx], [prompts[i].temperature for i in idx], start)
+            for i, g in zip(idx, batch, strict=True):
+                out[i] = g
         return [g for g in out if g is not None]
 
-    def _batch(self, texts: list[str], temperature: float, offset: int) -> list[Generated]:
+    def _batch(self, texts: list[str], temperatures: list[float], offset: int) -> list[Generated]:
         import torch
+        from transformers import LogitsProcessorList
 
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        if any(t > 0 for t in temperatures):
+            # temperature 1 leaves transformers' own temperature warper out; the rows' own come first
+            sampling = {"do_sample": True, "temperature": 1.0}
+            sampling["logits_processor"] = LogitsProcessorList([RowTemperatures(temperatures)])
+        else:
+            sampling = {"do_sample": False}
         torch.manual_seed(self.seed + offset)
         with torch.no_grad():
             ids = self.model.generate(
@@ -112,6 +123,24 @@ class Generator:
             self.tokens_generated += len(row)
             results.append(Generated(self.tokenizer.decode(row, skip_special_tokens=True).strip(), len(row), stopped))
         return results
+
+
+class RowTemperatures:
+    """A logits processor with a temperature per row of the batch: a sampled row's logits are divided by its
+    temperature (as transformers' temperature warper does, before top-k); a greedy row keeps only its highest
+    logit, so sampling can only pick the token greedy decoding picks (the first of equal highest, as argmax)."""
+
+    def __init__(self, temperatures: list[float]) -> None:
+        self.temperatures = temperatures
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        import torch
+
+        temps = torch.tensor(self.temperatures, dtype=scores.dtype, device=scores.device)
+        greedy = temps <= 0
+        scaled = scores / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
+        best = torch.full_like(scores, float("-inf")).scatter(1, scores.argmax(-1, keepdim=True), 0.0)
+        return torch.where(greedy[:, None], best + scores, scaled)
 
 
 def hf_answerer(cfg: EvalConfig, base_dir: Path, adapter: str | None) -> Answerer:

@@ -58,16 +58,18 @@ class ChatModel:
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise BadRequest(f"max_tokens must be a positive integer, not {max_tokens!r}")
         seed = body.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise BadRequest(f"seed must be an integer, not {seed!r}")
         return Sampling(
             max_tokens=max_tokens,
-            temperature=float(body.get("temperature", 1.0)),
-            seed=int(seed) if seed is not None else None,
-            top_k=int(body.get("top_k", 40)),
-            top_p=float(body.get("top_p", 0.95)),
-            min_p=float(body.get("min_p", 0.05)),
-            repeat_penalty=float(body.get("repeat_penalty", 1.1)),
-            frequency_penalty=float(body.get("frequency_penalty") or 0.0),
-            presence_penalty=float(body.get("presence_penalty") or 0.0),
+            temperature=number(body, "temperature", 1.0),
+            seed=seed,
+            top_k=int(number(body, "top_k", 40)),
+            top_p=number(body, "top_p", 0.95),
+            min_p=number(body, "min_p", 0.05),
+            repeat_penalty=number(body, "repeat_penalty", 1.1),
+            frequency_penalty=number(body, "frequency_penalty", 0.0),
+            presence_penalty=number(body, "presence_penalty", 0.0),
             grammar=grammar_for(body.get("response_format")),
         )
 
@@ -102,6 +104,17 @@ class ChatModel:
                 "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
             },
         }
+
+
+def number(body: dict[str, Any], key: str, default: float) -> float:
+    """A sampling setting: absent or null means the default (as in OpenAI's API); anything but a number is the
+    client's error (400), not the server's."""
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"{key} must be a number, not {value!r}")
+    return float(value)
 
 
 def grammar_for(response_format: dict[str, Any] | None) -> str | None:
