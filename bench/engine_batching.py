@@ -7,7 +7,10 @@ prompts over the pipeline's answers (single grades and pairwise verdicts, JSON m
 server gets the same requests, as many at once as it can use (the baseline: one; ours: its slots). Prints the wall
 time and tokens/s of each, the ratio, and how many greedy replies are the same text.
 
-Run: .venv/bin/python bench/engine_batching.py [--requests 32] [--max-tokens 128] [--slots 8]
+`--company N` keeps N other processes busy (a Python loop each, one core's worth) during both runs: what a
+server meets beside a training stage or the other test worker.
+
+Run: .venv/bin/python bench/engine_batching.py [--requests 32] [--max-tokens 128] [--slots 8] [--company 0]
 """
 
 from __future__ import annotations
@@ -114,12 +117,18 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--slots", type=int, default=8)
+    ap.add_argument("--company", type=int, default=0, help="busy processes beside both servers")
     args = ap.parse_args()
 
     import tunefold  # noqa: F401  (the pipeline's OpenMP policy, inherited by both servers)
 
     requests = {kind: bodies(kind, args.requests, args.max_tokens) for kind in ("teacher", "judge")}
-    base, mine = baseline(requests), ours(requests, args.slots)
+    company = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.company)]
+    try:
+        base, mine = baseline(requests), ours(requests, args.slots)
+    finally:
+        for proc in company:
+            proc.kill()
     summary = {}
     for kind in requests:
         b, o = base[kind], mine[kind]

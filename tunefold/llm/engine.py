@@ -2,15 +2,19 @@
 
 Each sequence has its own KV cells, sampler chain (grammar, seed) and token budget; requests join and leave the
 batch between steps. Prompts are decoded alone, in fixed chunks that a later prompt starting the same way reuses;
-generated tokens of all sequences are decoded together, on one thread when there are few of them (a second thread
-that sleeps between the many small kernels of a step costs more than it gives: bench/RESULTS.md). A reply is the
-same batched or alone, and whatever ran before it (tests).
+generated tokens of all sequences are decoded together. A step runs on every core that other processes leave free
+(`CoreLoad`), on one thread when they are busy: the server's threads spin briefly between kernels (tunefold.cores),
+which pays alone and costs several times over beside another busy process. Under a sleeping policy
+(OMP_WAIT_POLICY=PASSIVE) a step of few tokens runs on one thread, since a second that sleeps between the many
+small kernels of a step costs more than it gives (bench/RESULTS.md). A reply is the same batched or alone, on any
+number of threads, and whatever ran before it (tests).
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import queue
 import threading
 from concurrent.futures import Future
@@ -18,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunefold.cores import usable_cores
+from tunefold.cores import WAIT_POLICY, CoreLoad, usable_cores
 
 log = logging.getLogger(__name__)
-# A decode step of fewer tokens runs on one thread: waking a second costs more than it gives (bench/RESULTS.md)
+# Under sleeping OpenMP threads a decode step of fewer tokens runs on one thread: waking a second costs more than
+# it gives (bench/RESULTS.md)
 SHARED_STEP_TOKENS = 4
 # In the gateway's cache key of embedded replies: chunked prompts decode with other numbers than llama-cpp-python's
 # server (one batch of up to 512 tokens), so a long prompt's reply may differ from the one that server cached
@@ -101,6 +106,8 @@ class Engine:
         params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama-cpp-python's server: the same replies
         self.n_threads = n_threads or usable_cores()
         params.n_threads = params.n_threads_batch = self._threads_now = self.n_threads
+        self._load = CoreLoad()
+        self._sleeping = os.environ.get(WAIT_POLICY, "").upper() == "PASSIVE"
         self.ctx = L.llama_init_from_model(self.model, params)
         if not self.ctx:
             raise ValueError(f"llama.cpp could not create a context of {n_ctx} x {slots} tokens for {gguf}")
@@ -114,6 +121,12 @@ class Engine:
         self._closed = threading.Event()
         self._worker = threading.Thread(target=self._run, name="llama-batch", daemon=True)
         self._worker.start()
+
+    def _threads_for(self, n_tokens: int) -> int:
+        """Threads for a step of `n_tokens`: the cores other processes leave free, up to `n_threads`."""
+        if self._sleeping and n_tokens < SHARED_STEP_TOKENS:
+            return 1
+        return max(1, min(self.n_threads, int(self._load.free_cores() + 0.5)))
 
     # --- public -----------------------------------------------------------------------------------------------
 
@@ -268,7 +281,7 @@ class Engine:
         else:
             for slot in active.values():
                 add(slot, slot.out[-1], True)
-        threads = self.n_threads if batch.n_tokens >= SHARED_STEP_TOKENS else 1
+        threads = self._threads_for(batch.n_tokens)
         if threads != self._threads_now:
             L.llama_set_n_threads(self.ctx, threads, threads)
             self._threads_now = threads

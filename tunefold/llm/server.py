@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from tunefold.config import EmbeddedServerConfig
-from tunefold.cores import usable_cores
+from tunefold.cores import briefly_spinning, usable_cores
 from tunefold.errors import TunefoldError
 from tunefold.ports import free_port
 from tunefold.train.models import EMBEDDED, embedded_gguf
@@ -86,7 +86,12 @@ class EmbeddedServer:
                 "starting the embedded server (%s, %d slots) on 127.0.0.1:%d", self.gguf.name, self.cfg.slots, self.port
             )
             self.proc = subprocess.Popen(
-                cmd, stdout=fd, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+                cmd,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                env=briefly_spinning(),
             )
             os.close(fd)
             atexit.register(self.stop)
