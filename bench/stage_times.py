@@ -2,8 +2,9 @@
 
 Every stage writes its own wall time as `seconds` in its metrics JSON, so after `dvc repro` or `tunefold run` (cold
 LLM cache: point `llm.cache_dir` at an empty folder, or remove `.cache/llm`) this prints one row per stage in the
-order of dvc.yaml, the sum, and the five stages that took longest. Compare two runs with `--before` (a JSON file
-this script wrote with `--save`).
+order of dvc.yaml, the sum, and the five stages that took longest. (`generate` keeps its answers across runs and
+resumes them: remove `data/eval/model_answer` and `data/eval/flask_answer` for a cold run.) Compare two runs with
+`--before` (a JSON file this script wrote with `--save`).
 
     python bench/stage_times.py [--repo .] [--save run.json] [--before earlier.json]
 """
