@@ -5,8 +5,7 @@ alone loses little to that, but the pipeline runs several at once (the embedded 
 or answering stage, stages side by side with `--jobs`, Dask workers, the test suite's servers): spinning threads then
 hold the cores that another process needs (bench/threads.py: torch generation 10x slower beside llama.cpp on 2
 cores). `OMP_WAIT_POLICY=PASSIVE` makes idle threads sleep. It must be in the environment before torch or llama.cpp
-load libgomp, so the package sets it on import (every stage, the CLI and the embedded server inherit it); a value
-the user set is kept.
+load libgomp, so the package sets it on import (every stage and the CLI inherit it); a value the user set is kept.
 
 The embedded server is the exception: its decode steps are hundreds of tiny kernels, and a thread that sleeps
 after each wakes too late for the next, so its threads spin briefly (`briefly_spinning`: 1.5-1.7x alone,
@@ -50,7 +49,8 @@ def briefly_spinning(env: MutableMapping[str, str] = os.environ) -> dict[str, st
 class CoreLoad:
     """How many of this process's cores other processes kept busy lately: the busy time of the CPUs in its
     affinity mask (/proc/stat, steal included) minus its own CPU time, per second of wall time, sampled at most
-    every `interval` seconds. Without /proc/stat (not Linux) it reads 0."""
+    every `interval` seconds. Without /proc/stat it sees no other load; without an affinity mask (not Linux) every
+    core counts as free."""
 
     def __init__(self, interval: float = 0.25, stat: Path = Path("/proc/stat")) -> None:
         self.interval = interval
