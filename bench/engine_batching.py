@@ -1,6 +1,7 @@
 """Benchmark: the embedded batching server (tunefold.llm.batch_server, `llm.embedded.slots` requests decoded
 together) vs llama-cpp-python's own server, which answers one request at a time (what the pipeline ran before, and
-what a user would start with `python -m llama_cpp.server`). Both serve the SmolLM2 GGUF with their default threads.
+what a user would start with `python -m llama_cpp.server`). Both serve the same GGUF (the SmolLM2 one as it is, or its
+widened copy: `--compute`) with their default threads.
 
 Two workloads, as the stages send them, greedy: short free-text answers (teacher) and the mt_bench stage's own judge
 prompts over the pipeline's answers (single grades and pairwise verdicts, JSON mode, ~400 prompt tokens each). Each
@@ -78,14 +79,13 @@ def send(base_url: str, model: str, requests: list[dict], at_once: int) -> dict:
     }
 
 
-def baseline(requests: dict[str, list[dict]]) -> dict[str, dict]:
+def baseline(requests: dict[str, list[dict]], gguf: Path) -> dict[str, dict]:
     import httpx
 
     from tunefold.ports import free_port
-    from tunefold.train.models import embedded_gguf
 
     port = free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--model_alias", "ref"]
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "ref"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -101,13 +101,14 @@ def baseline(requests: dict[str, list[dict]]) -> dict[str, dict]:
         proc.wait(timeout=10)
 
 
-def ours(requests: dict[str, list[dict]], slots: int) -> dict[str, dict]:
+def ours(requests: dict[str, list[dict]], slots: int, compute: str) -> tuple[dict[str, dict], Path]:
+    """The replies of the embedded server, and the GGUF it served (the baseline serves the same file)."""
     from tunefold.config import EmbeddedServerConfig
     from tunefold.llm.server import EmbeddedServer
 
-    server = EmbeddedServer(EmbeddedServerConfig(slots=slots)).start()
+    server = EmbeddedServer(EmbeddedServerConfig(slots=slots, compute=compute)).start()
     try:
-        return {kind: send(server.base_url, server.alias, reqs, slots) for kind, reqs in requests.items()}
+        return {kind: send(server.base_url, server.alias, reqs, slots) for kind, reqs in requests.items()}, server.gguf
     finally:
         server.stop()
 
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--company", type=int, default=0, help="busy processes beside both servers")
+    ap.add_argument("--compute", default="native", help="llm.embedded.compute of the GGUF both serve")
     args = ap.parse_args()
 
     import tunefold  # noqa: F401  (the pipeline's OpenMP policy, inherited by both servers)
@@ -125,7 +127,8 @@ def main() -> None:
     requests = {kind: bodies(kind, args.requests, args.max_tokens) for kind in ("teacher", "judge")}
     company = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.company)]
     try:
-        base, mine = baseline(requests), ours(requests, args.slots)
+        mine, gguf = ours(requests, args.slots, args.compute)
+        base = baseline(requests, gguf)
     finally:
         for proc in company:
             proc.kill()

@@ -57,13 +57,14 @@ def test_batched_greedy_replies_are_the_ones_decoded_alone(server: EmbeddedServe
 
 
 def test_greedy_replies_match_llama_cpp_pythons_own_server(server: EmbeddedServer, client: object) -> None:
-    """The server it replaced renders the same chat template, decodes the same GGUF and samples with the same
+    """The server it replaced renders the same chat template, decodes the same GGUF (the one served, widened or
+    not) and samples with the same
     chain: the same greedy text and the same seeded draw, in JSON mode too, for prompts of one chunk (longer ones
     are decoded in chunks, with other numbers, so the gateway's cache key tells the two servers apart)."""
     from openai import OpenAI
 
     port = free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--model_alias", "ref"]
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(server.gguf), "--model_alias", "ref"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -91,7 +91,7 @@ class Engine:
         import numpy as np
 
         self._L = L
-        _quiet_llama_logs(L)
+        quiet_llama_logs(L)
         L.llama_backend_init()
         self.model = L.llama_model_load_from_file(str(gguf).encode(), L.llama_model_default_params())
         if not self.model:
@@ -396,7 +396,7 @@ _LOG_CALLBACK: Any = None
 GGML_LOG_WARN, GGML_LOG_ERROR = 3, 4  # ggml's enum ggml_log_level
 
 
-def _quiet_llama_logs(L: Any) -> None:
+def quiet_llama_logs(L: Any) -> None:
     """llama.cpp prints hundreds of load lines to stderr; keep its warnings and errors only."""
     global _LOG_CALLBACK
     if _LOG_CALLBACK is None:

@@ -30,7 +30,7 @@ from tunefold.llm.cache import ResponseCache, is_deterministic, request_key
 from tunefold.llm.engine import ENGINE_REVISION
 from tunefold.llm.parsing import Parsed, failed, parse_model
 from tunefold.llm.secrets import resolve_api_key
-from tunefold.llm.server import EmbeddedServer, gguf_path
+from tunefold.llm.server import EmbeddedServer, embedded_alias
 
 log = logging.getLogger(__name__)
 GATEWAY_VERSION = "1"
@@ -210,7 +210,7 @@ class Gateway:
         cfg = self._role_cfg(role)
         if cfg.base_url and cfg.model:
             return cfg.model
-        return self._server.alias if self._server else gguf_path(self.cfg.embedded).stem.lower()
+        return self._server.alias if self._server else embedded_alias(self.cfg.embedded)
 
     def _connect(self, role: str) -> _Endpoint:
         from openai import OpenAI
@@ -227,7 +227,7 @@ class Gateway:
                 self._server = EmbeddedServer(self.cfg.embedded).start()
             server = self._server
             base_url, model, api_key = server.base_url, server.alias, "embedded-no-key"
-            name = f"embedded:{server.gguf.name}"
+            name = f"embedded:{server.source.name}" + (f" in {server.dtype}" if server.dtype else "")
             fingerprint = f"{server.alias}@{server.fingerprint}+{ENGINE_REVISION}"  # its numbers, its replies
             json_mode = "json_object_schema" if cfg.json_mode == "auto" else cfg.json_mode
             concurrency = self.cfg.embedded.slots  # all of them: it decodes them together

@@ -25,6 +25,7 @@ import httpx
 from tunefold.config import EmbeddedServerConfig
 from tunefold.cores import briefly_spinning, usable_cores
 from tunefold.errors import TunefoldError
+from tunefold.llm.widen import widen_to, widened
 from tunefold.ports import free_port
 from tunefold.train.models import EMBEDDED, embedded_gguf
 
@@ -46,6 +47,17 @@ def gguf_path(cfg: EmbeddedServerConfig) -> Path:
     return path
 
 
+def served_alias(gguf: Path, dtype: str | None) -> str:
+    """The model id clients name: the file's stem, and the 16-bit type it is served in when widened."""
+    return gguf.stem.lower() + (f"-{dtype}" if dtype else "")
+
+
+def embedded_alias(cfg: EmbeddedServerConfig) -> str:
+    """The alias a server for `cfg` will have, without starting one."""
+    gguf = gguf_path(cfg)
+    return served_alias(gguf, widen_to(gguf, cfg.compute))
+
+
 def file_fingerprint(path: Path) -> str:
     """Content hash of the GGUF, so cached replies never outlive a change of weights behind the same alias."""
     h = hashlib.sha256()
@@ -60,9 +72,11 @@ class EmbeddedServer:
 
     def __init__(self, cfg: EmbeddedServerConfig) -> None:
         self.cfg = cfg
-        self.gguf = gguf_path(cfg)
-        self.alias = self.gguf.stem.lower()
-        self.fingerprint = file_fingerprint(self.gguf)
+        self.source = self.gguf = gguf_path(cfg)
+        self.dtype = widen_to(self.source, cfg.compute)
+        self.alias = served_alias(self.source, self.dtype)
+        source = file_fingerprint(self.source)
+        self.fingerprint = f"{source}-{self.dtype}" if self.dtype else source
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: Path | None = None
@@ -76,6 +90,8 @@ class EmbeddedServer:
         with self._lock:
             if self.proc is not None and self.proc.poll() is None:
                 return self
+            if self.dtype:
+                self.gguf = widened(self.source, self.dtype, self.fingerprint)
             self.port = free_port()
             cmd = [sys.executable, "-m", "tunefold.llm.batch_server", "--model", str(self.gguf), "--alias", self.alias]
             cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--n-ctx", str(self.cfg.n_ctx)]
