@@ -6,7 +6,8 @@ and per-layer figures extrapolate to 28): memory and speed do not depend on the 
 download is needed. The tokenizer is SmolLM2's (`--tokenizer`, a directory with its tokenizer files).
 
 Asserts, per model: the stage ran on CUDA in bf16 (or fp16 where bf16 is missing) or 4-bit, with the attention the
-device plan chose; loss finite and falling; DPO's reference is the frozen adapter, not a second model. Prints
+device plan chose; loss finite and falling; DPO's reference is the frozen adapter, not a second model; greedy rows of a generation batch keep
+their answers beside sampled rows (MT-Bench's mixed temperatures). Prints
 peak GPU memory, real (unpadded) tokens/s and MFU against 989 TFLOP/s (H100 dense bf16) and 798 TFLOP/s (one bf16
 matmul measured on the H100 we use), and GPU vs CPU generation tokens/s for the same model.
 
@@ -256,26 +257,33 @@ def summarize(m: dict[str, Any], info: dict[str, Any], seq: int) -> dict[str, An
 
 
 def generation_speed(base: Path, adapter: Path, plan: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Tokens/s of the project's Generator on the plan's device, and on the CPU path for the same model."""
+    """Tokens/s of the project's Generator on the plan's device, and on the CPU path for the same model; on the
+    plan's device, greedy rows batched beside sampled ones must keep their greedy answers."""
     from tunefold.eval.generation import Generator, Prompt
     from tunefold.train.models import load_tokenizer, load_trained
 
     prompts = [Prompt([{"role": "user", "content": f"Tell me about {w}."}]) for w in WORDS[: args.gen_prompts]]
 
-    def speed(device_plan: Any, n: int, new_tokens: int) -> dict[str, Any]:
+    def speed(device_plan: Any, n: int, new_tokens: int, mixed: bool = False) -> dict[str, Any]:
         model = load_trained(base, adapter, device_plan)
         gen = Generator(model, load_tokenizer(base), batch_size=n, max_new_tokens=new_tokens)
         start = time.perf_counter()
-        gen.generate(prompts[:n])
+        greedy = gen.generate(prompts[:n])
         seconds = time.perf_counter() - start
-        return {
+        out = {
             "device": str(model.device),
             "dtype": str(model.dtype).removeprefix("torch."),
             "prompts": n,
             "tokens_per_second": round(gen.tokens_generated / seconds, 1),
         }
+        if mixed:  # MT-Bench's batches: every other row sampled, in the same batch shape as the greedy run
+            hot = gen.generate([Prompt(p.messages, 0.7 if i % 2 else 0.0) for i, p in enumerate(prompts[:n])])
+            same = sum(g.text == h.text for g, h in zip(greedy[::2], hot[::2], strict=True))
+            out["mixed_temperatures_greedy_rows_same"] = f"{same}/{len(greedy[::2])}"
+            assert same == len(greedy[::2]), f"greedy rows beside sampled ones changed: {same}/{len(greedy[::2])}"
+        return out
 
-    out = {"plan": speed(plan, len(prompts), args.gen_tokens)}
+    out = {"plan": speed(plan, len(prompts), args.gen_tokens, mixed=True)}
     if plan.device == "cuda":
         out["cpu"] = speed(None, min(4, len(prompts)), 16)
         out["gpu_vs_cpu"] = round(out["plan"]["tokens_per_second"] / out["cpu"]["tokens_per_second"], 1)
