@@ -25,4 +25,4 @@ def test_gpu_bench_runs_its_checks_on_a_tiny_cpu_model(base_model: Path, tmp_pat
     assert (sft["device"], sft["dtype"], dpo["device"]) == ("cpu", "float32", "cpu")
     assert sft["last_loss"] < sft["first_loss"] and sft["real_tokens_per_second"] > 0 and sft["mfu_h100_dense_bf16"] > 0
     assert dpo["steps"] == 4 and gen["tokens_per_second"] > 0 and gen["device"] == "cpu"
-    assert gen["mixed_temperatures_greedy_rows_same"] == "1/1"
+    assert gen["greedy_repeat_same"] == "2/2" and gen["mixed_temperatures_greedy_rows_same"] == "1/1"
