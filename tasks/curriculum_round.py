@@ -19,6 +19,7 @@ instructions; expansion_log.jsonl: every attempt with its decision; report.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections import Counter
 from pathlib import Path
@@ -46,20 +47,21 @@ def student_answers(params: Params, base_dir: Path, adapter: str, records: list[
     cfg = params.eval.model_copy(
         update={"protocol": "quick", "max_new_tokens": student.max_tokens, "seed": student.seed or 0}
     )
-    if cfg.local_backend == "vllm":
+    if cfg.backend == "vllm":
         from tunefold.eval.vllm_engine import VllmEngine
 
-        answer = VllmEngine(base_dir, cfg, [adapter]).answerer(adapter)
+        answerer = contextlib.nullcontext(VllmEngine(base_dir, cfg, [adapter]).answerer(adapter))
     else:
-        from tunefold.eval.generation import hf_answerer
+        from tunefold.eval.generation import local_answerer
 
-        answer = hf_answerer(cfg, base_dir, adapter)
+        answerer = local_answerer(cfg, params.model, params.llm.embedded, base_dir, adapter)
     convs = [[{"role": m.role, "content": m.content} for m in r.prompt] for r in records]
     answers: list[str] = []
-    for start in range(0, len(convs), CHUNK):
-        part = convs[start : start + CHUNK]
-        answers += [text for text, _, _ in answer(part, [student.temperature] * len(part))]
-        log.info("student answers: %d/%d", len(answers), len(convs))
+    with answerer as answer:
+        for start in range(0, len(convs), CHUNK):
+            part = convs[start : start + CHUNK]
+            answers += [text for text, _, _ in answer(part, [student.temperature] * len(part))]
+            log.info("student answers: %d/%d", len(answers), len(convs))
     return answers
 
 

@@ -5,7 +5,9 @@ answer}` rows.
 
 Turn 2 is generated with the whole conversation (question 1, the model's own answer, question 2), at MT-Bench's
 per-category temperature. Local models generate in batches (turn 1 of a batch, then its turn 2) with
-transformers, or with one offline vLLM engine (`eval.backend: vllm`). A `base_url` generates through that
+transformers, with llama.cpp (the merged model as an f16 GGUF on the embedded server: what `eval.backend: auto`
+picks on the CPU for a base that came from a GGUF; tunefold.eval.gguf_answer), or with one offline vLLM engine
+(`eval.backend: vllm`). A `base_url` generates through that
 OpenAI-compatible endpoint (via the gateway): every question is its own conversation, `concurrency` of them in
 flight, each turn sent as soon as the previous reply is back, so a slow question holds back no other. Answers are
 appended as questions finish, so a killed run continues where it stopped, and the file is put in question order
@@ -31,7 +33,8 @@ from typing import Any
 
 from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig
 from tunefold.eval.flask import answer_instances
-from tunefold.eval.generation import BATCHING, Answerer, hf_answerer
+from tunefold.eval.generation import BATCHING, Answerer, hf_answerer, local_answerer
+from tunefold.eval.gguf_answer import SERVED_AS, answering_backend
 from tunefold.eval.mtbench import TEMPERATURE, answer_row, load_questions
 from tunefold.eval.protocol import answer_max_tokens
 from tunefold.io import read_appended, write_jsonl
@@ -43,11 +46,13 @@ from tunefold.train.training import file_hash, fingerprint
 Chat = Callable[[list[dict[str, str]], float], tuple[str, int, bool]]
 
 
-def _fingerprint(cfg: EvalConfig, who: CandidateSettings, questions_file: Path) -> str:
+def _fingerprint(cfg: EvalConfig, who: CandidateSettings, questions_file: Path, backend: str) -> str:
     adapter = Path(who.adapter) / "adapter_model.safetensors" if who.adapter else None
     engine: dict[str, str] = {}  # another engine, or other batches, may answer differently
     if not who.base_url:
-        engine = {"backend": "vllm"} if cfg.local_backend == "vllm" else {"batching": BATCHING}
+        engine = {"backend": SERVED_AS if backend == "llamacpp" else backend}
+        if backend == "hf":
+            engine = {"batching": BATCHING}
     return fingerprint(
         who=who.model_dump(exclude={"concurrency"}),  # how many are in flight does not change an answer
         weights=file_hash(adapter) if adapter and adapter.exists() else None,
@@ -390,7 +395,10 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
     for out_dir in (mt_dir, flask_dir):
         _drop_unconfigured(out_dir, {who.model_id for who in models})
     local = [who for who in models if not who.base_url]
-    vllm = cfg.local_backend == "vllm" and bool(local)
+    backend = answering_backend(cfg, ctx.params.model.base)
+    if backend == "llamacpp" and cfg.fanout.active:  # Dask workers each load the model with transformers
+        backend = "hf"
+    vllm = backend == "vllm" and bool(local)
     if vllm:
         from tunefold.eval.vllm_engine import VllmEngine, require_vllm
 
@@ -405,14 +413,14 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
                 f"mt_bench/{who.model_id}",
                 mt_items,
                 mt_dir / f"{who.model_id}.jsonl",
-                _fingerprint(cfg, who, qfile),
+                _fingerprint(cfg, who, qfile, backend),
                 lambda it, r, m=who.model_id: answer_row(it.key, m, r, time.time()),
             ),
             Job(
                 f"flask/{who.model_id}",
                 flask_items,
                 flask_dir / f"{who.model_id}.jsonl",
-                _fingerprint(cfg, who, ffile),
+                _fingerprint(cfg, who, ffile, backend),
                 lambda it, r, m=who.model_id: {"idx": it.key, "model_id": m, "answer": r[0]},
             ),
         ]
@@ -432,16 +440,16 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
         elif cfg.fanout.active:
             metrics |= _fanned_out(cfg, who, base_dir, jobs)
         else:
-            answer = hf_answerer(cfg, base_dir, who.adapter)
-            for job in jobs:
-                metrics[job.label] = answer_items(
-                    answer, job.items, job.path, job.fp, job.row, cfg.batch_size, job.label
-                )
+            with local_answerer(cfg, ctx.params.model, ctx.params.llm.embedded, base_dir, who.adapter) as answer:
+                for job in jobs:
+                    metrics[job.label] = answer_items(
+                        answer, job.items, job.path, job.fp, job.row, cfg.batch_size, job.label
+                    )
     if local:  # a local model answered: where and how
         from tunefold.train.device import peak_memory_gb, plan_device
 
         metrics["runtime"] = plan_device(cfg.device).describe() | {
-            "backend": cfg.local_backend,
+            "backend": backend,
             "peak_gpu_memory_gb": None if vllm else peak_memory_gb(),  # vLLM's engine runs in its own process
         }
     return metrics

@@ -146,8 +146,8 @@ def test_interrupted_endpoint_run_resumes_without_duplicates(tmp_path: Path) -> 
 
 
 def test_answers_fingerprint_ignores_concurrency_but_not_the_backend(tmp_path: Path) -> None:
-    """Raising concurrency must not throw away answers; switching a local model to vLLM must (its answers
-    differ)."""
+    """Raising concurrency must not throw away answers; switching a local model to another backend must (its
+    answers differ)."""
     from tasks.generate import _fingerprint
     from tunefold.config import CandidateSettings, EvalConfig
 
@@ -156,11 +156,11 @@ def test_answers_fingerprint_ignores_concurrency_but_not_the_backend(tmp_path: P
     served = CandidateSettings(model_id="c", base_url="http://x/v1", model="m")
     local = CandidateSettings(model_id="c")
     cfg = EvalConfig()
-    assert _fingerprint(cfg, served, q) == _fingerprint(cfg, served.model_copy(update={"concurrency": 64}), q)
-    vllm = EvalConfig(backend="vllm")
-    assert _fingerprint(cfg, local, q) != _fingerprint(vllm, local, q)
-    assert _fingerprint(cfg, local, q) == _fingerprint(EvalConfig(backend="hf"), local, q)
-    assert _fingerprint(cfg, served, q) == _fingerprint(vllm, served, q)  # a served model ignores the backend
+    more = served.model_copy(update={"concurrency": 64})
+    assert _fingerprint(cfg, served, q, "hf") == _fingerprint(cfg, more, q, "hf")
+    backends = {_fingerprint(cfg, local, q, b) for b in ("hf", "vllm", "llamacpp")}
+    assert len(backends) == 3
+    assert _fingerprint(cfg, served, q, "hf") == _fingerprint(cfg, served, q, "vllm")  # served: backend unused
 
 
 def test_an_adapter_naming_the_base_is_the_base_and_unconfigured_answers_leave_the_output(tmp_path: Path) -> None:
@@ -175,7 +175,7 @@ def test_an_adapter_naming_the_base_is_the_base_and_unconfigured_answers_leave_t
     q.write_text("{}\n")
     plain, spelled = CandidateSettings(model_id="b"), CandidateSettings(model_id="b", adapter=str(base))
     assert plain_base(spelled, base) == plain
-    assert _fingerprint(EvalConfig(), plain_base(spelled, base), q) == _fingerprint(EvalConfig(), plain, q)
+    assert _fingerprint(EvalConfig(), plain_base(spelled, base), q, "hf") == _fingerprint(EvalConfig(), plain, q, "hf")
     other = CandidateSettings(model_id="b", adapter=str(tmp_path / "models" / "sft"))
     assert plain_base(other, base) == other
     mt, flask = tmp_path / "mt", tmp_path / "flask"
@@ -202,8 +202,12 @@ def test_backend_setting_is_validated() -> None:
     from pydantic import ValidationError
 
     from tunefold.config import CandidateSettings, EvalConfig
+    from tunefold.eval.gguf_answer import answering_backend
 
-    assert EvalConfig().local_backend == "hf" and EvalConfig(backend="vllm").local_backend == "vllm"
+    assert answering_backend(EvalConfig(), "embedded") == "llamacpp"  # on the CPU, for a base that came from a GGUF
+    assert answering_backend(EvalConfig(), "HuggingFaceTB/SmolLM2-135M-Instruct") == "hf"
+    assert answering_backend(EvalConfig(backend="hf"), "embedded") == "hf"
+    assert answering_backend(EvalConfig(backend="vllm"), "embedded") == "vllm"
     with pytest.raises(ValidationError, match="backend"):
         EvalConfig(backend="tgi")
     with pytest.raises(ValidationError, match="concurrency"):

@@ -426,16 +426,13 @@ class EvalConfig(Section):
     )
     fanout: FanoutSettings = FanoutSettings()
     audit: AuditSettings = AuditSettings()
-    backend: Literal["auto", "hf", "vllm"] = Field(
+    backend: Literal["auto", "hf", "vllm", "llamacpp"] = Field(
         "auto",
-        description="what answers for a model without base_url: hf (transformers, batched; what auto picks) or vllm "
-        "(an offline vLLM engine on models/base, adapters as LoRA; needs the vllm package and a GPU)",
+        description="what answers for a model without base_url: hf (transformers, batched), vllm (an offline vLLM "
+        "engine on models/base, adapters as LoRA; needs the vllm package and a GPU) or llamacpp (the merged model "
+        "as an f16 GGUF on the embedded server; needs a base that came from a GGUF); auto: llamacpp on the CPU "
+        "for such a base, else hf (tunefold.eval.gguf_answer)",
     )
-
-    @property
-    def local_backend(self) -> Literal["hf", "vllm"]:
-        """The backend local models answer with: auto is transformers (vLLM only when asked for)."""
-        return "vllm" if self.backend == "vllm" else "hf"
 
 
 TASK_TYPES = (

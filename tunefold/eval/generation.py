@@ -8,8 +8,9 @@ so a re-run gives the same text.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from tunefold.config import EvalConfig
+    from tunefold.config import EmbeddedServerConfig, EvalConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -156,3 +157,25 @@ def hf_answerer(cfg: EvalConfig, base_dir: Path, adapter: str | None) -> Answere
         return [(g.text, g.new_tokens, g.stopped) for g in out]
 
     return answer
+
+
+@contextlib.contextmanager
+def local_answerer(
+    cfg: EvalConfig, model: ModelConfig, server: EmbeddedServerConfig, base_dir: Path, adapter: str | None
+) -> Iterator[Answerer]:
+    """transformers or llama.cpp for base + `adapter`, as `eval.backend` says (vLLM shares one engine between models,
+    so its callers build it themselves)."""
+    from tunefold.errors import InputError
+    from tunefold.eval.gguf_answer import answering_backend, gguf_answerer, gguf_template
+
+    if answering_backend(cfg, model.base) != "llamacpp":
+        yield hf_answerer(cfg, base_dir, adapter)
+        return
+    template = gguf_template(model.base)
+    if template is None:
+        raise InputError(
+            "eval.backend llamacpp answers with the base GGUF's tokenizer and template, and model.base is not a GGUF "
+            "('embedded' or a .gguf file): set eval.backend to hf"
+        )
+    with gguf_answerer(cfg, template, server, base_dir, adapter) as answer:
+        yield answer
