@@ -61,7 +61,8 @@ def test_fanned_out_judging_matches_in_process(tmp_path: Path) -> None:
 
 def _gen_params(tmp_path: Path, workers: int) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["eval"] |= {"max_new_tokens": 8, "batch_size": 1, "fanout": {"workers": workers}}
+    # transformers on both sides: fanned-out workers load the model with it, and the claim is about the fan-out
+    params["eval"] |= {"max_new_tokens": 8, "batch_size": 1, "backend": "hf", "fanout": {"workers": workers}}
     params["eval"]["candidate"] = {"model_id": "candidate"}  # the base model on both sides: no adapter to train
     params["eval"]["baseline"] = {"model_id": "base"}
     params["eval"]["mt_bench"]["question_ids"] = [5, 7, 9]  # reasoning, math, coding: answered greedily
