@@ -19,7 +19,6 @@ instructions; expansion_log.jsonl: every attempt with its decision; report.md).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from collections import Counter
 from pathlib import Path
@@ -50,18 +49,17 @@ def student_answers(params: Params, base_dir: Path, adapter: str, records: list[
     if cfg.backend == "vllm":
         from tunefold.eval.vllm_engine import VllmEngine
 
-        answerer = contextlib.nullcontext(VllmEngine(base_dir, cfg, [adapter]).answerer(adapter))
+        answer = VllmEngine(base_dir, cfg, [adapter]).answerer(adapter)
     else:
-        from tunefold.eval.generation import local_answerer
+        from tunefold.eval.generation import hf_answerer
 
-        answerer = local_answerer(cfg, params.model, params.llm.embedded, base_dir, adapter)
+        answer = hf_answerer(cfg, base_dir, adapter)
     convs = [[{"role": m.role, "content": m.content} for m in r.prompt] for r in records]
     answers: list[str] = []
-    with answerer as answer:
-        for start in range(0, len(convs), CHUNK):
-            part = convs[start : start + CHUNK]
-            answers += [text for text, _, _ in answer(part, [student.temperature] * len(part))]
-            log.info("student answers: %d/%d", len(answers), len(convs))
+    for start in range(0, len(convs), CHUNK):
+        part = convs[start : start + CHUNK]
+        answers += [text for text, _, _ in answer(part, [student.temperature] * len(part))]
+        log.info("student answers: %d/%d", len(answers), len(convs))
     return answers
 
 

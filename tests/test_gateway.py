@@ -20,7 +20,6 @@ from tunefold.config import EndpointConfig, LLMConfig
 from tunefold.errors import TunefoldError
 from tunefold.llm import ChatRequest, EndpointDown, EndpointRejected, Gateway, parse_rating, parse_verdict
 from tunefold.llm.server import EmbeddedServer
-from tunefold.llm.widen import cpu_has_bf16
 
 
 def ask(text: str, **kw) -> ChatRequest:
@@ -120,8 +119,7 @@ def test_judge_named_without_connecting_and_a_served_role_needs_its_model(tmp_pa
     """Naming the judge (for output file names) neither starts the embedded server nor calls an endpoint; a
     `base_url` without `model` is the same clear error whether the role is named or called."""
     with Gateway(LLMConfig(), "t", tmp_path) as gw:
-        served_in = "bf16" if cpu_has_bf16() else "f16"  # the 135M Q4_1 model is widened (tests/test_widen.py)
-        assert gw.model_name("judge") == f"smollm2-135m-instruct.q4_1-{served_in}" and gw._server is None
+        assert gw.model_name("judge") == "smollm2-135m-instruct.q4_1" and gw._server is None
     served = LLMConfig(judge=EndpointConfig(base_url="http://127.0.0.1:9/v1"))
     with Gateway(served, "t", tmp_path) as gw:
         for use in (lambda: gw.model_name("judge"), lambda: gw.chat("judge", ask("x"))):

@@ -192,12 +192,11 @@ class EmbeddedServerConfig(Section):
     n_threads: int | None = Field(
         None, ge=1, description="decode threads; unset: every core this process may use (batched decoding uses them)"
     )
-    compute: Literal["auto", "native", "bf16", "f16"] = Field(
-        "auto",
-        description="the number format the model is served in: auto widens a quantized GGUF whose 16-bit copy is "
-        "at most 1 GiB (~500M parameters) once, to bf16 on CPUs with AVX512-BF16 or AMX and f16 elsewhere (closer "
-        "to the unquantized model and faster on a CPU: bench/embedded_compute.py); bf16 or f16 widens a quantized file "
-        "whatever its size; native, and any file already in 16 or 32 bits, is served as it is",
+    compute: Literal["native", "bf16", "f16"] = Field(
+        "native",
+        description="the number format the model is served in: native (the file as it is) or a quantized file "
+        "widened once to bf16 or f16: closer to the unquantized model and faster on a CPU, but a reply then depends "
+        "on how many requests are decoded beside it (bench/embedded_compute.py, tunefold.llm.widen)",
     )
     startup_timeout: float = Field(120.0, gt=0)
 

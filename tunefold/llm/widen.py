@@ -1,9 +1,11 @@
-"""Serve a small quantized GGUF in 16 bits: the same weights, computed closer to the model and faster on a CPU.
+"""Serve a quantized GGUF widened to 16 bits (`llm.embedded.compute: bf16 | f16`): the same weights, computed
+closer to the model it quantizes, and faster on a CPU.
 
 llama.cpp multiplies a Q4_1 matrix by rounding the activations to 8 bits first, and on x86 its Q4_1 kernels have
-no repacked layout: the embedded SmolLM2 (Q4_1) widened once to bf16 predicts next tokens 20x closer (KL) to the
-fp32 model it quantizes and runs the pipeline's judge prompts 1.5x faster (bench/embedded_compute.py). A larger
-model keeps its file: decoding it is bound by reading the weights, which a 16-bit copy makes 3-4x bigger.
+no repacked layout: the embedded SmolLM2 (Q4_1) widened to bf16 predicts next tokens 20x closer (KL) to the fp32
+model and runs the pipeline's judge prompts 1.3x faster (bench/embedded_compute.py). Not the default: in 16 bits a
+reply depends on how many requests were decoded beside it (13 of 20 bf16 replies were the same alone and 8 together,
+20 of 20 for Q4_1), so replies would vary from run to run with the server's load.
 """
 
 from __future__ import annotations
@@ -18,17 +20,7 @@ from tunefold.errors import TunefoldError
 from tunefold.io import atomic_path
 
 log = logging.getLogger(__name__)
-WIDEN_AT_MOST = 1 << 30  # bytes of the 16-bit copy `auto` makes (~500M parameters); larger models stay quantized
 UNQUANTIZED = {"F32", "F16", "BF16"}
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), where bf16 is the fastest 16-bit format."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def widen_to(gguf: Path, compute: str) -> str | None:
@@ -38,13 +30,8 @@ def widen_to(gguf: Path, compute: str) -> str | None:
         return None
     from gguf import GGUFReader
 
-    tensors = GGUFReader(gguf).tensors
-    if all(t.tensor_type.name in UNQUANTIZED for t in tensors):
+    if all(t.tensor_type.name in UNQUANTIZED for t in GGUFReader(gguf).tensors):
         return None
-    if compute == "auto":
-        if 2 * sum(int(t.n_elements) for t in tensors) > WIDEN_AT_MOST:
-            return None
-        return "bf16" if cpu_has_bf16() else "f16"
     return compute
 
 
