@@ -201,7 +201,7 @@ def test_an_adapter_naming_the_base_is_the_base_and_unconfigured_answers_leave_t
 def test_backend_setting_is_validated() -> None:
     from pydantic import ValidationError
 
-    from tunefold.config import CandidateSettings, EvalConfig
+    from tunefold.config import EvalConfig
     from tunefold.eval.gguf_answer import answering_backend
 
     assert answering_backend(EvalConfig(), "embedded") == "llamacpp"  # on the CPU, for a base that came from a GGUF
@@ -210,6 +210,25 @@ def test_backend_setting_is_validated() -> None:
     assert answering_backend(EvalConfig(backend="vllm"), "embedded") == "vllm"
     with pytest.raises(ValidationError, match="backend"):
         EvalConfig(backend="tgi")
+
+
+def test_llamacpp_for_a_base_without_a_gguf_is_a_clear_error_before_loading(tmp_path: Path) -> None:
+    """The export takes its tokenizer and template from the base's GGUF: a Hub or checkpoint base has none."""
+    from tunefold.config import EmbeddedServerConfig, EvalConfig, ModelConfig
+    from tunefold.errors import InputError
+    from tunefold.eval.generation import local_answerer
+
+    hub = ModelConfig(base="HuggingFaceTB/SmolLM2-135M-Instruct")
+    answerer = local_answerer(EvalConfig(backend="llamacpp"), hub, EmbeddedServerConfig(), tmp_path / "none", None)
+    with pytest.raises(InputError, match=r"model.base is not a GGUF .* set eval.backend to hf"):
+        answerer.__enter__()
+
+
+def test_candidate_settings_are_validated() -> None:
+    from pydantic import ValidationError
+
+    from tunefold.config import CandidateSettings
+
     with pytest.raises(ValidationError, match="concurrency"):
         CandidateSettings(model_id="c", concurrency=0)
 
