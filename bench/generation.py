@@ -1,9 +1,10 @@
 """Benchmark: our batched generator vs one-question-at-a-time `model.generate` (what FastChat's gen_model_answer
 does), same model, prompts and greedy settings; MT-Bench's first turns at their category temperatures in one batch
 vs one batch per temperature (one `generate` call per sampling setting, as the generator did before); then
-single-answer judging at concurrency 8 vs 1.
+single-answer judging at concurrency 8 vs 1; and `eval.backend` hf (transformers, batched) vs llamacpp (the model
+exported as an f16 GGUF, answered by the embedded server) on the same greedy first turns.
 
-Run: .venv/bin/python bench/generation.py [--questions PATH] [--max-new-tokens 64] [--batch-size 8]
+Run: .venv/bin/python bench/generation.py [--questions PATH] [--max-new-tokens 64] [--batch-size 8] [--backends-only]
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tunefold.eval.generation import Generator
@@ -29,6 +30,7 @@ def main() -> None:
     p.add_argument("--questions", type=Path, default=ROOT / "data/benchmarks/mt_bench_mini/question.jsonl")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--backends-only", action="store_true", help="only the hf vs llamacpp comparison")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -43,6 +45,9 @@ def main() -> None:
         model, tok = load_model(base), load_tokenizer(base)
         questions = load_questions(args.questions)
         convs = [[{"role": "user", "content": q.turns[0]}] for q in questions]
+        print(json.dumps(bench_backends(base, convs, args.max_new_tokens, args.batch_size), indent=2), flush=True)
+        if args.backends_only:
+            return
 
         t0 = time.perf_counter()
         plain_tokens = 0
@@ -78,6 +83,34 @@ def main() -> None:
         print(json.dumps(result, indent=2), flush=True)
         print(json.dumps(bench_temperatures(gen, questions), indent=2), flush=True)
         print(json.dumps(bench_judging(questions, [o.text for o in outs], Path(tmp)), indent=2))
+
+
+def bench_backends(base: Path, convs: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int) -> dict:
+    """Greedy answers of the base through transformers and through llama.cpp (the export and the server's start
+    counted in): time, tokens/s and how many answers are the same text."""
+    from tunefold.config import EmbeddedServerConfig, EvalConfig
+    from tunefold.eval.generation import hf_answerer
+    from tunefold.eval.gguf_answer import gguf_answerer
+    from tunefold.train.models import embedded_gguf
+
+    cfg = EvalConfig(protocol="quick", max_new_tokens=max_new_tokens, batch_size=batch_size)
+    temps = [0.0] * len(convs)
+    out: dict[str, Any] = {"questions": len(convs), "max_new_tokens": max_new_tokens}
+    texts = {}
+    for name in ("hf", "llamacpp"):
+        t0 = time.perf_counter()
+        if name == "hf":
+            answers = hf_answerer(cfg, base, None)(convs, temps)
+        else:
+            with gguf_answerer(cfg, embedded_gguf(), EmbeddedServerConfig(), base, None) as answer:
+                answers = answer(convs, temps)
+        seconds = time.perf_counter() - t0
+        texts[name] = [a[0] for a in answers]
+        out[f"{name}_s"] = round(seconds, 1)
+        out[f"{name}_tokens_per_s"] = round(sum(a[1] for a in answers) / seconds, 1)
+    out["ratio"] = round(out["llamacpp_tokens_per_s"] / out["hf_tokens_per_s"], 2)
+    out["same_text"] = sum(a == b for a, b in zip(texts["hf"], texts["llamacpp"], strict=True))
+    return out
 
 
 def bench_temperatures(gen: Generator, questions: list) -> dict:
