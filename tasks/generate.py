@@ -34,7 +34,7 @@ from typing import Any
 from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig
 from tunefold.eval.flask import answer_instances
 from tunefold.eval.generation import BATCHING, Answerer, hf_answerer, local_answerer
-from tunefold.eval.gguf_answer import SERVED_AS, answering_backend
+from tunefold.eval.gguf_answer import answering_backend, served_as
 from tunefold.eval.mtbench import TEMPERATURE, answer_row, load_questions
 from tunefold.eval.protocol import answer_max_tokens
 from tunefold.io import read_appended, write_jsonl
@@ -50,7 +50,7 @@ def _fingerprint(cfg: EvalConfig, who: CandidateSettings, questions_file: Path, 
     adapter = Path(who.adapter) / "adapter_model.safetensors" if who.adapter else None
     engine: dict[str, str] = {}  # another engine, or other batches, may answer differently
     if not who.base_url:
-        engine = {"backend": SERVED_AS if backend == "llamacpp" else backend}
+        engine = {"backend": backend}
         if backend == "hf":
             engine = {"batching": BATCHING}
     return fingerprint(
@@ -398,6 +398,7 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
     backend = answering_backend(cfg, ctx.params.model.base)
     if backend == "llamacpp" and cfg.fanout.active:  # Dask workers each load the model with transformers
         backend = "hf"
+    answered_by = served_as(ctx.params.llm.embedded.slots) if backend == "llamacpp" else backend
     vllm = backend == "vllm" and bool(local)
     if vllm:
         from tunefold.eval.vllm_engine import VllmEngine, require_vllm
@@ -413,14 +414,14 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
                 f"mt_bench/{who.model_id}",
                 mt_items,
                 mt_dir / f"{who.model_id}.jsonl",
-                _fingerprint(cfg, who, qfile, backend),
+                _fingerprint(cfg, who, qfile, answered_by),
                 lambda it, r, m=who.model_id: answer_row(it.key, m, r, time.time()),
             ),
             Job(
                 f"flask/{who.model_id}",
                 flask_items,
                 flask_dir / f"{who.model_id}.jsonl",
-                _fingerprint(cfg, who, ffile, backend),
+                _fingerprint(cfg, who, ffile, answered_by),
                 lambda it, r, m=who.model_id: {"idx": it.key, "model_id": m, "answer": r[0]},
             ),
         ]

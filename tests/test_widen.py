@@ -50,11 +50,14 @@ def test_a_widened_copy_is_made_once_and_atomically(tmp_path: Path, monkeypatch:
     assert widen.widen_to(first, "f16") is None  # already 16-bit: served as it is
 
 
-def test_native_is_the_default_and_only_quantized_files_are_widened() -> None:
-    """16-bit replies depend on the batch beside them (bench/RESULTS.md), so nothing is widened unless asked."""
+def test_auto_widens_where_bf16_is_native_and_only_quantized_files() -> None:
+    """`auto` (the default) serves bf16 where llama.cpp has the instructions for it (bench/embedded_compute.py), the
+    file as it is elsewhere; a file already in 16 or 32 bits is never widened."""
     source = embedded_gguf()
-    assert EmbeddedServerConfig().compute == "native" and widen.widen_to(source, "native") is None
+    assert EmbeddedServerConfig().compute == "auto" and widen.widen_to(source, "native") is None
+    assert widen.widen_to(source, "auto") == ("bf16" if widen.has_bf16_instructions() else None)
     assert widen.widen_to(source, "bf16") == "bf16" and widen.widen_to(source, "f16") == "f16"
+    assert widen.file_type(source) == 3  # llama_ftype MOSTLY_Q4_1
 
 
 def test_widened_and_native_servers_are_told_apart() -> None:
@@ -64,3 +67,7 @@ def test_widened_and_native_servers_are_told_apart() -> None:
     assert native.alias == embedded_gguf().stem.lower() == embedded_alias(EmbeddedServerConfig(compute="native"))
     assert wide.alias == native.alias + "-bf16" == embedded_alias(EmbeddedServerConfig(compute="bf16"))
     assert wide.fingerprint != native.fingerprint and wide.fingerprint.startswith(native.fingerprint)
+    # 16-bit steps are as wide as the slots, and the width shapes a reply: it is in the cache fingerprint
+    assert wide.fingerprint.endswith("-bf16-w8") and native.fingerprint == native.weights
+    narrow = EmbeddedServer(EmbeddedServerConfig(compute="bf16", slots=4))
+    assert narrow.fingerprint.endswith("-w4") and narrow.weights == wide.weights

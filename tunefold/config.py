@@ -192,11 +192,11 @@ class EmbeddedServerConfig(Section):
     n_threads: int | None = Field(
         None, ge=1, description="decode threads; unset: every core this process may use (batched decoding uses them)"
     )
-    compute: Literal["native", "bf16", "f16"] = Field(
-        "native",
+    compute: Literal["auto", "native", "bf16", "f16"] = Field(
+        "auto",
         description="the number format the model is served in: native (the file as it is) or a quantized file "
-        "widened once to bf16 or f16: closer to the unquantized model and faster on a CPU, but a reply then depends "
-        "on how many requests are decoded beside it (bench/embedded_compute.py, tunefold.llm.widen)",
+        "widened once to bf16 or f16, closer to the unquantized model and faster on a CPU with the instructions; "
+        "auto: bf16 where llama.cpp has AVX512-BF16, else native (bench/embedded_compute.py, tunefold.llm.widen)",
     )
     startup_timeout: float = Field(120.0, gt=0)
 

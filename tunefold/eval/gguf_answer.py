@@ -30,7 +30,12 @@ if TYPE_CHECKING:
 
 # a sampled row as transformers samples it when the generation config sets nothing else: top-k 50 only
 TRANSFORMERS_SAMPLING = {"top_k": 50, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0}
-SERVED_AS = "llamacpp-f16"  # in the answers' fingerprint
+
+
+def served_as(slots: int) -> str:
+    """How the answers were computed, for their fingerprint: an f16 export decodes steps as wide as the server's
+    slots, and the width shapes its replies (tunefold.llm.engine)."""
+    return f"llamacpp-f16-w{slots}"
 
 
 def gguf_template(base: str) -> Path | None:

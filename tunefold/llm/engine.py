@@ -7,7 +7,8 @@ generated tokens of all sequences are decoded together. A step runs on every cor
 which pays alone and costs several times over beside another busy process. Under a sleeping policy
 (OMP_WAIT_POLICY=PASSIVE) a step of few tokens runs on one thread, since a second that sleeps between the many
 small kernels of a step costs more than it gives (bench/RESULTS.md). A reply is the same batched or alone, on any
-number of threads, and whatever ran before it (tests).
+number of threads, and whatever ran before it (tests): a model whose kernels sum a row differently with the rows
+beside it (16-bit, K-quants) decodes every step one row per slot, free slots with a throwaway token.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ SHARED_STEP_TOKENS = 4
 # server (one batch of up to 512 tokens), so a long prompt's reply may differ from the one that server cached
 ENGINE_REVISION = "chunk64"
 PROMPT_CHUNK = 64  # prompt tokens per decode step, at fixed positions; the unit a later prompt can reuse
+# llama_ftype values (Q4_0, Q4_1, Q8_0) whose matrix kernels sum every row of a decode step alike however many rows
+# it holds; for the others (16/32-bit, K-quants) a row's sums change with the rows beside it (bench/RESULTS.md)
+ROW_INDEPENDENT = {2, 3, 7}
 _TOKEN_DATA = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]  # llama_token_data, as a numpy record
 
 
@@ -59,6 +63,12 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens not decoded again: an earlier prompt left them in the slot
+
+
+def rows_independent(file_type: int | str | None) -> bool:
+    """Whether a reply of a model of this `general.file_type` is the same whatever is decoded beside it; the engine
+    decodes the others' steps one row per slot, so their replies depend on the number of slots instead."""
+    return file_type is not None and int(file_type) in ROW_INDEPENDENT
 
 
 class PromptTooLong(ValueError):
@@ -117,6 +127,7 @@ class Engine:
         self._batch = L.llama_batch_init(self.n_batch, 0, 1)
         self.chunk = chunk
         self._held: dict[int, list[int]] = {}  # free sequence -> the prompt tokens its KV cells still hold
+        self.fixed_steps = not rows_independent(self.metadata("general.file_type"))
         self._queue: queue.Queue[tuple[list[int], Sampling, Future[Completion]] | None] = queue.Queue()
         self._closed = threading.Event()
         self._worker = threading.Thread(target=self._run, name="llama-batch", daemon=True)
@@ -273,14 +284,25 @@ class Engine:
 
         for slot in active.values():
             slot.logits_at = -1
+        padding: list[tuple[int, int]] = []
         filling = next((slot for slot in active.values() if slot.fed < len(slot.prompt)), None)
         if filling is not None:
             while filling.fed < len(filling.prompt) and (batch.n_tokens == 0 or filling.fed % self.chunk):
                 filling.fed += 1
                 add(filling, filling.prompt[filling.fed - 1], filling.fed == len(filling.prompt))
-        else:
+        elif not self.fixed_steps:
             for slot in active.values():
                 add(slot, slot.out[-1], True)
+        else:
+            for seq in range(self.slots):
+                if seq in active:
+                    add(active[seq], active[seq].out[-1], True)
+                else:  # a throwaway token after the cells the free sequence keeps, removed after the step
+                    i, pos = batch.n_tokens, len(self._held.get(seq, ()))
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = 0, pos, 1
+                    batch.seq_id[i][0], batch.logits[i] = seq, True
+                    batch.n_tokens += 1
+                    padding.append((seq, pos))
         threads = self._threads_for(batch.n_tokens)
         if threads != self._threads_now:
             L.llama_set_n_threads(self.ctx, threads, threads)
@@ -288,6 +310,9 @@ class Engine:
         rc = L.llama_decode(self.ctx, batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
+        mem = L.llama_get_memory(self.ctx) if padding else None
+        for seq, pos in padding:
+            L.llama_memory_seq_rm(mem, seq, pos, -1)
         for seq, slot in list(active.items()):
             if slot.logits_at < 0:
                 continue
@@ -303,7 +328,9 @@ class Engine:
     def _finish(self, active: dict[int, _Slot], seq: int, reason: str) -> None:
         slot = active.pop(seq)
         self._free(slot)
-        self._held[seq] = slot.prompt
+        keep = len(slot.prompt) // self.chunk * self.chunk  # whole prompt chunks: what a later prompt may reuse
+        self._L.llama_memory_seq_rm(self._L.llama_get_memory(self.ctx), seq, keep, -1)
+        self._held[seq] = slot.prompt[:keep]
         text = b"".join(slot.pieces).decode(errors="ignore")
         slot.future.set_result(Completion(text, reason, len(slot.prompt), len(slot.out), slot.cached))
 

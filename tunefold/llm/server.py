@@ -25,7 +25,8 @@ import httpx
 from tunefold.config import EmbeddedServerConfig
 from tunefold.cores import briefly_spinning, usable_cores
 from tunefold.errors import TunefoldError
-from tunefold.llm.widen import widen_to, widened
+from tunefold.llm.engine import rows_independent
+from tunefold.llm.widen import file_type, widen_to, widened
 from tunefold.ports import free_port
 from tunefold.train.models import EMBEDDED, embedded_gguf
 
@@ -76,7 +77,10 @@ class EmbeddedServer:
         self.dtype = widen_to(self.source, cfg.compute)
         self.alias = served_alias(self.source, self.dtype)
         source = file_fingerprint(self.source)
-        self.fingerprint = f"{source}-{self.dtype}" if self.dtype else source
+        self.weights = f"{source}-{self.dtype}" if self.dtype else source  # the numbers served
+        self.fingerprint = self.weights
+        if self.dtype or not rows_independent(file_type(self.source)):
+            self.fingerprint += f"-w{cfg.slots}"  # its steps are as wide as its slots: the width shapes a reply
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: Path | None = None
@@ -91,7 +95,7 @@ class EmbeddedServer:
             if self.proc is not None and self.proc.poll() is None:
                 return self
             if self.dtype:
-                self.gguf = widened(self.source, self.dtype, self.fingerprint)
+                self.gguf = widened(self.source, self.dtype, self.weights)
             self.port = free_port()
             cmd = [sys.executable, "-m", "tunefold.llm.batch_server", "--model", str(self.gguf), "--alias", self.alias]
             cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--n-ctx", str(self.cfg.n_ctx)]

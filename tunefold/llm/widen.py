@@ -1,11 +1,11 @@
-"""Serve a quantized GGUF widened to 16 bits (`llm.embedded.compute: bf16 | f16`): the same weights, computed
-closer to the model it quantizes, and faster on a CPU.
+"""Serve a quantized GGUF widened to 16 bits (`llm.embedded.compute`): the same weights, computed closer to the
+model it quantizes, and faster on a CPU with bf16 instructions.
 
 llama.cpp multiplies a Q4_1 matrix by rounding the activations to 8 bits first, and on x86 its Q4_1 kernels have
 no repacked layout: the embedded SmolLM2 (Q4_1) widened to bf16 predicts next tokens 20x closer (KL) to the fp32
-model and runs the pipeline's judge prompts 1.3x faster (bench/embedded_compute.py). Not the default: in 16 bits a
-reply depends on how many requests were decoded beside it (13 of 20 bf16 replies were the same alone and 8 together,
-20 of 20 for Q4_1), so replies would vary from run to run with the server's load.
+model and reads prompts ~2.9x faster on 2 AVX512-BF16 cores (bench/embedded_compute.py). `auto` (the default)
+widens to bf16 where llama.cpp reports bf16 instructions and serves the file as it is elsewhere. A 16-bit reply is
+the same alone or batched because the engine then decodes fixed-width steps (tunefold.llm.engine).
 """
 
 from __future__ import annotations
@@ -20,19 +20,45 @@ from tunefold.errors import TunefoldError
 from tunefold.io import atomic_path
 
 log = logging.getLogger(__name__)
-UNQUANTIZED = {"F32", "F16", "BF16"}
+UNQUANTIZED = {0, 1, 32}  # llama_ftype ALL_F32, MOSTLY_F16, MOSTLY_BF16
 
 
 def widen_to(gguf: Path, compute: str) -> str | None:
-    """The 16-bit type to serve `gguf` in (`llm.embedded.compute`), or None to serve the file as it is (asked to, or
-    not quantized)."""
-    if compute == "native":
-        return None
-    from gguf import GGUFReader
-
-    if all(t.tensor_type.name in UNQUANTIZED for t in GGUFReader(gguf).tensors):
+    """The 16-bit type to serve `gguf` in (`llm.embedded.compute`), or None to serve the file as it is (asked to,
+    no bf16 instructions under `auto`, or not quantized)."""
+    if compute == "auto":
+        compute = "bf16" if has_bf16_instructions() else "native"
+    if compute == "native" or file_type(gguf) in UNQUANTIZED:
         return None
     return compute
+
+
+def has_bf16_instructions() -> bool:
+    """Whether llama.cpp's CPU backend runs bf16 dot products natively here (x86 AVX512-BF16, what was measured)."""
+    import llama_cpp as L
+
+    flags = L.llama_print_system_info().decode().split("|")
+    return any(f.split("=")[0].strip() == "AVX512_BF16" and f.split("=")[-1].strip() == "1" for f in flags)
+
+
+def file_type(gguf: Path) -> int | None:
+    """The GGUF's `general.file_type` (llama_ftype), read from its header without loading tensors."""
+    import llama_cpp as L
+
+    from tunefold.llm.engine import quiet_llama_logs
+
+    quiet_llama_logs(L)
+    params = L.llama_model_default_params()
+    params.vocab_only = True
+    model = L.llama_model_load_from_file(str(gguf).encode(), params)
+    if not model:
+        raise TunefoldError(f"llama.cpp could not read {gguf}")
+    try:
+        buf = ctypes.create_string_buffer(32)
+        n = L.llama_model_meta_val_str(model, b"general.file_type", buf, len(buf))
+        return int(buf.value) if n > 0 else None
+    finally:
+        L.llama_model_free(model)
 
 
 def gguf_cache() -> Path:
