@@ -228,8 +228,9 @@ def _small_params(tmp_path: Path, seeds: Path) -> Path:
     # on the cached judgments with a threshold inside the observed MFDs
     params["curriculum"]["difficulty"] |= {"min_mfd": -10.0}
     params["curriculum"]["plan"] |= {"target": {"writing": 0.4, "math": 0.3, "other": 0.3}, "hard_share": [0.0, 1.0]}
-    for role in ("teacher", "judge", "student"):
+    for role in ("teacher", "student"):
         params["llm"][role] |= {"max_tokens": 48}
+    params["llm"]["judge"] |= {"max_tokens": 128}  # room for the JSON verdict's reason: a cut reply is unparseable
     params["llm"]["cache_dir"] = str(tmp_path / "llm-cache")
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))

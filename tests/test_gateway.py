@@ -19,7 +19,7 @@ from tests.faults import FaultServer, counting_proxy
 from tunefold.config import EndpointConfig, LLMConfig
 from tunefold.errors import TunefoldError
 from tunefold.llm import ChatRequest, EndpointDown, EndpointRejected, Gateway, parse_rating, parse_verdict
-from tunefold.llm.server import EmbeddedServer
+from tunefold.llm.server import EmbeddedServer, embedded_alias
 
 
 def ask(text: str, **kw) -> ChatRequest:
@@ -119,7 +119,8 @@ def test_judge_named_without_connecting_and_a_served_role_needs_its_model(tmp_pa
     """Naming the judge (for output file names) neither starts the embedded server nor calls an endpoint; a
     `base_url` without `model` is the same clear error whether the role is named or called."""
     with Gateway(LLMConfig(), "t", tmp_path) as gw:
-        assert gw.model_name("judge") == "smollm2-135m-instruct.q4_1" and gw._server is None
+        assert gw.model_name("judge") == embedded_alias(LLMConfig().embedded) and gw._server is None
+        assert gw.model_name("judge").startswith("smollm2-135m-instruct.q4_1")
     served = LLMConfig(judge=EndpointConfig(base_url="http://127.0.0.1:9/v1"))
     with Gateway(served, "t", tmp_path) as gw:
         for use in (lambda: gw.model_name("judge"), lambda: gw.chat("judge", ask("x"))):
