@@ -27,9 +27,10 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from bench.common import base_model
-    from tasks.generate import Item, _local_answerer, answer_items
+    from tasks.generate import Item, answer_items
     from tasks.mt_bench import judge_single
-    from tunefold.config import CandidateSettings, EndpointConfig, EvalConfig, LLMConfig
+    from tunefold.config import EndpointConfig, EvalConfig, LLMConfig
+    from tunefold.eval.generation import hf_answerer
     from tunefold.eval.mtbench import TEMPERATURE, answer_row, load_answers, load_judge_prompts, load_questions
     from tunefold.eval.protocol import JudgeSettings
     from tunefold.llm import Gateway
@@ -39,11 +40,12 @@ def main() -> None:
         work = Path(tmp)
         base = base_model(work)
         cfg = EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=8)
-        answer = _local_answerer(cfg, CandidateSettings(model_id="base"), base)
+        answer = hf_answerer(cfg, base, None)  # transformers, batched, as measured on 2026-11-24
         items = [Item(q.question_id, q.turns, TEMPERATURE.get(q.category, 0.7)) for q in questions]
         t0 = time.perf_counter()
-        answer_items(answer, items, work / "base.jsonl", "bench",
-                     lambda it, r: answer_row(it.key, "base", r, 0.0), 8, "answers")  # fmt: skip
+        answer_items(
+            answer, items, work / "base.jsonl", "bench", lambda it, r: answer_row(it.key, "base", r, 0.0), 8, "answers"
+        )
         gen_s = time.perf_counter() - t0
         answers = load_answers(work / "base.jsonl")
         prompts = load_judge_prompts(None)

@@ -50,9 +50,7 @@ def _fingerprint(cfg: EvalConfig, who: CandidateSettings, questions_file: Path, 
     adapter = Path(who.adapter) / "adapter_model.safetensors" if who.adapter else None
     engine: dict[str, str] = {}  # another engine, or other batches, may answer differently
     if not who.base_url:
-        engine = {"backend": backend}
-        if backend == "hf":
-            engine = {"batching": BATCHING}
+        engine = {"batching": BATCHING} if backend == "hf" else {"backend": backend}
     return fingerprint(
         who=who.model_dump(exclude={"concurrency"}),  # how many are in flight does not change an answer
         weights=file_hash(adapter) if adapter and adapter.exists() else None,
@@ -441,7 +439,9 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
         elif cfg.fanout.active:
             metrics |= _fanned_out(cfg, who, base_dir, jobs)
         else:
-            with local_answerer(cfg, ctx.params.model, ctx.params.llm.embedded, base_dir, who.adapter) as answer:
+            with local_answerer(
+                cfg, backend, ctx.params.model, ctx.params.llm.embedded, base_dir, who.adapter
+            ) as answer:
                 for job in jobs:
                     metrics[job.label] = answer_items(
                         answer, job.items, job.path, job.fp, job.row, cfg.batch_size, job.label
@@ -449,10 +449,15 @@ def generate(ctx: StageContext, base_dir: Path, mt_dir: Path, flask_dir: Path) -
     if local:  # a local model answered: where and how
         from tunefold.train.device import peak_memory_gb, plan_device
 
-        metrics["runtime"] = plan_device(cfg.device).describe() | {
-            "backend": backend,
-            "peak_gpu_memory_gb": None if vllm else peak_memory_gb(),  # vLLM's engine runs in its own process
-        }
+        llamacpp = {"dtype": "float16", "attention": "llama.cpp"} if backend == "llamacpp" else {}  # the export
+        metrics["runtime"] = (
+            plan_device(cfg.device).describe()
+            | llamacpp
+            | {
+                "backend": backend,
+                "peak_gpu_memory_gb": None if vllm else peak_memory_gb(),  # vLLM's engine runs in its own process
+            }
+        )
     return metrics
 
 

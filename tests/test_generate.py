@@ -217,9 +217,12 @@ def test_llamacpp_for_a_base_without_a_gguf_is_a_clear_error_before_loading(tmp_
     from tunefold.config import EmbeddedServerConfig, EvalConfig, ModelConfig
     from tunefold.errors import InputError
     from tunefold.eval.generation import local_answerer
+    from tunefold.eval.gguf_answer import answering_backend
 
     hub = ModelConfig(base="HuggingFaceTB/SmolLM2-135M-Instruct")
-    answerer = local_answerer(EvalConfig(backend="llamacpp"), hub, EmbeddedServerConfig(), tmp_path / "none", None)
+    cfg = EvalConfig(backend="llamacpp")
+    backend = answering_backend(cfg, hub.base)
+    answerer = local_answerer(cfg, backend, hub, EmbeddedServerConfig(), tmp_path / "none", None)
     with pytest.raises(InputError, match=r"model.base is not a GGUF .* set eval.backend to hf"):
         answerer.__enter__()
 

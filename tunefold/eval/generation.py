@@ -161,14 +161,19 @@ def hf_answerer(cfg: EvalConfig, base_dir: Path, adapter: str | None) -> Answere
 
 @contextlib.contextmanager
 def local_answerer(
-    cfg: EvalConfig, model: ModelConfig, server: EmbeddedServerConfig, base_dir: Path, adapter: str | None
+    cfg: EvalConfig,
+    backend: str,
+    model: ModelConfig,
+    server: EmbeddedServerConfig,
+    base_dir: Path,
+    adapter: str | None,
 ) -> Iterator[Answerer]:
-    """transformers or llama.cpp for base + `adapter`, as `eval.backend` says (vLLM shares one engine between models,
-    so its callers build it themselves)."""
+    """transformers or llama.cpp for base + `adapter`, as the resolved `backend` says (vLLM shares one engine
+    between models, so its callers build it themselves)."""
     from tunefold.errors import InputError
-    from tunefold.eval.gguf_answer import answering_backend, gguf_answerer, gguf_template
+    from tunefold.eval.gguf_answer import gguf_answerer, gguf_template
 
-    if answering_backend(cfg, model.base) != "llamacpp":
+    if backend != "llamacpp":
         yield hf_answerer(cfg, base_dir, adapter)
         return
     template = gguf_template(model.base)
