@@ -58,6 +58,14 @@ def test_auto_widens_where_bf16_is_native_and_only_quantized_files() -> None:
     assert widen.widen_to(source, "auto") == ("bf16" if widen.has_bf16_instructions() else None)
     assert widen.widen_to(source, "bf16") == "bf16" and widen.widen_to(source, "f16") == "f16"
     assert widen.file_type(source) == 3  # llama_ftype MOSTLY_Q4_1
+    assert source.stat().st_size <= widen.AUTO_WIDEN_AT_MOST  # a large model keeps its file under auto
+
+
+def test_auto_keeps_a_large_model_in_its_own_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Widening a 7B Q4 file would make a ~14 GB copy that decodes slower (weight-bound): auto keeps it."""
+    monkeypatch.setattr(widen, "AUTO_WIDEN_AT_MOST", embedded_gguf().stat().st_size - 1)
+    assert widen.widen_to(embedded_gguf(), "auto") is None
+    assert widen.widen_to(embedded_gguf(), "bf16") == "bf16"  # asked for, it is widened whatever the size
 
 
 def test_widened_and_native_servers_are_told_apart() -> None:

@@ -196,7 +196,8 @@ class EmbeddedServerConfig(Section):
         "auto",
         description="the number format the model is served in: native (the file as it is) or a quantized file "
         "widened once to bf16 or f16, closer to the unquantized model and faster on a CPU with the instructions; "
-        "auto: bf16 where llama.cpp has AVX512-BF16, else native (bench/embedded_compute.py, tunefold.llm.widen)",
+        "auto: bf16 for a small file (<= 256 MB) where llama.cpp has AVX512-BF16, else native "
+        "(bench/embedded_compute.py, tunefold.llm.widen)",
     )
     startup_timeout: float = Field(120.0, gt=0)
 

@@ -6,9 +6,8 @@ transformers pays ~60 ms of overhead per decode step on 2 cores whatever the bat
 answers come faster once the export (~4 s) and the server's start are paid (`generate` 134 -> 101 s; on 16 answers
 alone it is 0.93x: bench/generation.py). f16 predicts the next token as the fp32 model does at 99.6% of positions,
 so greedy answers are mostly the same text and otherwise part where the model nearly tied: 12 of 16 MT-Bench first
-turns at 128 tokens, the pipeline's 14 FLASK answers, 6 of 6 in tests/test_export.py at 64 tokens. In 16 bits
-llama.cpp's sums can depend on how many rows a step decodes (bf16 replies do: tunefold.llm.widen); for f16, 20 of
-20 replies were the same alone and 8 together.
+turns at 128 tokens, the pipeline's 14 FLASK answers, 6 of 6 in tests/test_export.py at 64 tokens. The export is
+decoded in fixed-width steps (tunefold.llm.engine), so an answer does not depend on the ones decoded beside it.
 Sampled rows use transformers' defaults (top-k 50, no top-p, min-p or repeat penalty) at their own temperature.
 """
 

@@ -4,7 +4,8 @@ model it quantizes, and faster on a CPU with bf16 instructions.
 llama.cpp multiplies a Q4_1 matrix by rounding the activations to 8 bits first, and on x86 its Q4_1 kernels have
 no repacked layout: the embedded SmolLM2 (Q4_1) widened to bf16 predicts next tokens 20x closer (KL) to the fp32
 model and reads prompts ~2.9x faster on 2 AVX512-BF16 cores (bench/embedded_compute.py). `auto` (the default)
-widens to bf16 where llama.cpp reports bf16 instructions and serves the file as it is elsewhere. A 16-bit reply is
+widens a small model (a file up to 256 MB) to bf16 where llama.cpp reports bf16 instructions and serves the file as
+it is otherwise. A 16-bit reply is
 the same alone or batched because the engine then decodes fixed-width steps (tunefold.llm.engine).
 """
 
@@ -21,13 +22,17 @@ from tunefold.io import atomic_path
 
 log = logging.getLogger(__name__)
 UNQUANTIZED = {0, 1, 32}  # llama_ftype ALL_F32, MOSTLY_F16, MOSTLY_BF16
+# `auto` widens a file of at most this size: its 16-bit copy is up to 4x larger, and a larger model's decoding is
+# bound by reading its weights, which the copy would slow down (a 7B Q4 file would become ~14 GB)
+AUTO_WIDEN_AT_MOST = 256 << 20
 
 
 def widen_to(gguf: Path, compute: str) -> str | None:
     """The 16-bit type to serve `gguf` in (`llm.embedded.compute`), or None to serve the file as it is (asked to,
     no bf16 instructions under `auto`, or not quantized)."""
     if compute == "auto":
-        compute = "bf16" if has_bf16_instructions() else "native"
+        small = gguf.stat().st_size <= AUTO_WIDEN_AT_MOST
+        compute = "bf16" if small and has_bf16_instructions() else "native"
     if compute == "native" or file_type(gguf) in UNQUANTIZED:
         return None
     return compute
