@@ -2,9 +2,10 @@
 
 Each stage is submitted with its dvc.yaml upstream stages as `wait_for`, so the Prefect UI draws the DAG, and
 stages that do not depend on each other run side by side (at most `max_parallel`, and one GPU stage at a time).
-DVC decides whether a stage is stale and records what it produced (dvc.lock, cache); it releases its repo lock
-while a stage's command runs and takes it to check and record, so `--wait-for-lock` is what lets two stages finish
-close together. Prefect adds the run history, logs, retries and a Markdown artifact per stage; nothing is cached
+DVC decides whether a stage is stale and records what it produced (dvc.lock, cache): one `dvc status` before the
+run settles every stage with nothing stale at or above it, the others are asked as they come. DVC releases its repo
+lock while a stage's command runs and takes it to check and record, so `--wait-for-lock` is what lets two stages
+finish close together. Prefect adds the run history, logs, retries and a Markdown artifact per stage; nothing is cached
 twice (NO_CACHE). Every run carries the project's git commit as its version and hashes of params.yaml and
 dvc.lock as tags. After a flow run, `dvc status` has nothing to do.
 """
@@ -25,7 +26,7 @@ from prefect.futures import PrefectFuture, as_completed
 from tunefold.config import OrchestrationConfig, load_params
 from tunefold.errors import InputError
 from tunefold.pipeline.dag import Schedule, Stage, StageGraph
-from tunefold.pipeline.dvcrun import dvc_cmd, tool_env
+from tunefold.pipeline.dvcrun import dvc_cmd, stale_stages, tool_env
 from tunefold.pipeline.summary import stage_metrics, stage_summary
 from tunefold.pipeline.versioning import stamp_flow_run
 
@@ -43,21 +44,28 @@ def default_parallel() -> int:
 
 
 @task(name="stage", task_run_name="{stage.name}", cache_policy=NO_CACHE)
-def run_stage(stage: Stage, root: str, force: bool = False) -> dict[str, Any]:
-    """Run one stage through `dvc repro --single-item` (a no-op when DVC finds it up to date)."""
+def run_stage(stage: Stage, root: str, force: bool = False, settled: bool = False) -> dict[str, Any]:
+    """Run one stage through `dvc repro --single-item` (a no-op when DVC finds it up to date). A `settled` stage
+    (the run's `dvc status` found it and everything upstream of it up to date) is not asked about again: a DVC
+    start per stage was most of a re-run with nothing to do."""
     logger = get_run_logger()
-    cmd = dvc_cmd("--wait-for-lock", "repro", "--single-item", stage.name, *(["--force"] if force else []))
-    logger.info("$ dvc %s", " ".join(cmd[3:]))
-    proc = subprocess.Popen(cmd, cwd=root, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    tail: list[str] = []
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line:
-            logger.info(line)
-            tail = [*tail[-19:], line]
-    if proc.wait() != 0:
-        raise RuntimeError(f"stage {stage.name} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    if settled:
+        logger.info("Stage '%s' didn't change, skipping (dvc status before the run)", stage.name)
+    else:
+        cmd = dvc_cmd("--wait-for-lock", "repro", "--single-item", stage.name, *(["--force"] if force else []))
+        logger.info("$ dvc %s", " ".join(cmd[3:]))
+        proc = subprocess.Popen(
+            cmd, cwd=root, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert proc.stdout is not None
+        tail: list[str] = []
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                logger.info(line)
+                tail = [*tail[-19:], line]
+        if proc.wait() != 0:
+            raise RuntimeError(f"stage {stage.name} failed (exit {proc.returncode}):\n" + "\n".join(tail))
     create_markdown_artifact(
         key="stage-" + re.sub(r"[^a-z0-9-]+", "-", stage.name.lower()),
         markdown=stage_summary(stage, Path(root)),
@@ -107,6 +115,14 @@ def pipeline(
     if parallel < 1:
         raise InputError(f"max_parallel must be at least 1, not {parallel}")
     logger.info("stages: %s (up to %d at a time, one GPU stage at a time)", " -> ".join(order), parallel)
+    forced = set(stages or order) if force else set()
+    stale = stale_stages(rootp)
+    settled = graph.settled(order, None if stale is None else stale | forced)
+    logger.info(
+        "dvc status: %d of %d stages up to date with everything upstream; DVC decides the others as they come",
+        len(settled),
+        len(order),
+    )
     schedule = Schedule(order, graph.upstream, parallel, {s: "gpu" for s in order if uses_gpu(s)})
     futures: dict[str, PrefectFuture[dict[str, Any]]] = {}
 
@@ -119,7 +135,8 @@ def pipeline(
         futures[name] = configured.submit(
             graph.stages[name],
             str(rootp),
-            force=force and (not stages or name in stages),
+            force=name in forced,
+            settled=name in settled,
             wait_for=[futures[u] for u in sorted(graph.upstream[name])],
         )
 

@@ -14,7 +14,7 @@ import httpx
 import yaml
 
 from tests.conftest import ROOT, run
-from tunefold.pipeline.dag import Schedule
+from tunefold.pipeline.dag import Schedule, Stage, StageGraph
 from tunefold.pipeline.versioning import NO_GIT, git_version
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -140,10 +140,28 @@ def test_stages_run_as_a_graph_and_runs_and_deployments_are_versioned(
     for name in "abcd":
         assert f"Stage '{name}' didn't change, skipping" in logs
     assert {n: (repo / f"{n}.json").read_bytes() for n in "abcd"} == outputs
+    assert "dvc status: 4 of 4 stages up to date" in logs  # settled by one status: no DVC start per stage
     second = flow_runs(prefect_server, repo)[1]
     assert second["state_type"] == "COMPLETED"
     assert second["flow_version"] == f"{commit}-dirty"
     assert {params_tag, lock_tag} <= set(second["tags"])
+
+    # c's command changes: only c is stale before the run, yet d (below it) must still be asked, and re-runs
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+    dvc_yaml["stages"]["c"]["cmd"] = dvc_yaml["stages"]["c"]["cmd"].replace(" 2 ", " 1 ")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    assert dvc_changed(repo) == {"c"}
+    code, logs = run_flow(repo, prefect_server)
+    assert code == 0, logs
+    assert "dvc status: 2 of 4 stages up to date" in logs
+    assert "Running stage 'c'" in logs and "Running stage 'd'" in logs and "Running stage 'b'" not in logs
+    assert {n: (repo / f"{n}.json").read_bytes() == outputs[n] for n in "abcd"} == {
+        "a": True,
+        "b": True,
+        "c": False,
+        "d": False,
+    }
+    assert "Data and pipelines are up to date" in run([*DVC, "status"], repo).stdout
 
     # `tunefold deploy` versions the cycle's deployment by the checkout it deploys from, the same way
     api(prefect_server, "work_pools/", {"name": "cpu", "type": "process"})
@@ -199,6 +217,19 @@ def test_schedule_bounds_parallelism_and_keeps_the_gpu_to_one_stage() -> None:
     schedule.finish("sft@r1", ok=False)
     assert schedule.startable() == ["sft@r2"]
     assert schedule.blocked() == []
+
+
+def test_settled_stages_have_nothing_stale_at_or_above_them() -> None:
+    graph = StageGraph(
+        {name: Stage(name, "true", (), (), (), (), ()) for name in "abcde"},
+        {"a": set(), "b": {"a"}, "c": {"a"}, "d": {"b"}, "e": {"d", "c"}},
+    )
+    order = graph.order()
+    assert graph.settled(order, set()) == set("abcde")
+    assert graph.settled(order, {"b"}) == {"a", "c"}  # d and e are asked: b's new outputs may change them
+    assert graph.settled(order, {"c", "d"}) == {"a", "b"}
+    assert graph.settled(order, None) == set()  # `dvc status` failed: every stage is asked
+    assert graph.settled(order, {"dvc.yaml:x"}) == set()  # a name this graph does not know: the same
 
 
 def test_schedule_blocks_everything_downstream_of_a_failure() -> None:

@@ -103,6 +103,17 @@ class StageGraph:
                 todo.extend(self.upstream[s])
         return seen
 
+    def settled(self, order: list[str], stale: set[str] | None) -> set[str]:
+        """The stages of `order` (topological) that are not in `stale` and have nothing in it upstream: no run can
+        change their inputs. None when `stale` is unknown or names a stage this graph does not know."""
+        if stale is None or not stale <= set(self.stages):
+            return set()
+        done: set[str] = set()
+        for name in order:
+            if name not in stale and self.upstream[name] <= done:
+                done.add(name)
+        return done
+
     def untracked_sources(self, stage: str, paths: list[str]) -> list[str]:
         """Paths a stage reads (e.g. ingest sources) that are not among its DVC deps: changes would go unnoticed."""
         return untracked(paths, self.stages[stage].deps)
