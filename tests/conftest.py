@@ -40,12 +40,13 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # The order in which `make test`'s two workers take the files (`--dist loadfile --no-loadscope-reorder`: one file
 # per unit, so its module fixtures are built once; the next file to whichever worker is free): the full pipeline
 # run first (`reproduced_repo`, built once for both workers), the long files that do not need it next, so the
-# other worker is busy while it is built, then the files that start from it, then the rest in collection order.
+# other worker is busy while it is built (first one that needs no converted model either: `prepared_repo` is being
+# built too), then the files that start from it, then the rest in collection order.
 FILE_ORDER = [
     "test_pipeline.py",
+    "test_curriculum.py",
     "test_training.py",
     "test_params_read.py",
-    "test_curriculum.py",
     "test_fanout.py",
     "test_generate.py",
     "test_gateway.py",
