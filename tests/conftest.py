@@ -41,16 +41,17 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # per unit, so its module fixtures are built once; the next file to whichever worker is free): the full pipeline
 # run first (`reproduced_repo`, built once for both workers), the long files that do not need it next, so the
 # other worker is busy while it is built (first one that needs no converted model either: `prepared_repo` is being
-# built too), then the files that start from it, then the rest in collection order.
+# built too), then the cycle tests (the other long file that starts from it: begun early, it does not leave one
+# worker alone at the end), then the rest in collection order.
 FILE_ORDER = [
     "test_pipeline.py",
     "test_curriculum.py",
     "test_training.py",
+    "test_cycle.py",
     "test_params_read.py",
     "test_fanout.py",
     "test_generate.py",
     "test_gateway.py",
-    "test_cycle.py",
     "test_dag_flow.py",
     "test_shutdown.py",
     "test_mtbench.py",
