@@ -252,6 +252,10 @@ def test_prefect_flow_against_real_server(flow_run: FlowRun) -> None:
     repo, logs = flow_run.repo, flow_run.logs
     for stage in ("prepare_model", "ingest", "validate", "holdout", "sft@r1", "sft@r2", "dpo", "generate"):
         assert f"Stage '{stage}' didn't change, skipping" in logs, stage
+    # the data stages were settled by the run's `dvc status`; DVC was asked about the training stages, whose
+    # upstream re-ran, and found their inputs the same
+    assert "Stage 'validate' didn't change, skipping (dvc status before the run)" in logs
+    assert "Stage 'sft@r1' didn't change, skipping (dvc status" not in logs
     for stage in (
         "annotate",
         "synthesize",
