@@ -5,13 +5,14 @@ llama.cpp multiplies a Q4_1 matrix by rounding the activations to 8 bits first, 
 no repacked layout: the embedded SmolLM2 (Q4_1) widened to bf16 predicts next tokens 20x closer (KL) to the fp32
 model and reads prompts ~2.9x faster on 2 AVX512-BF16 cores (bench/embedded_compute.py). `auto` (the default)
 widens a small model (a file up to 256 MB) to bf16 where llama.cpp reports bf16 instructions and serves the file as
-it is otherwise. A 16-bit reply is
-the same alone or batched because the engine then decodes fixed-width steps (tunefold.llm.engine).
+it is otherwise. A 16-bit reply is the same alone or batched because the engine then decodes fixed-width steps
+(tunefold.llm.engine).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 from pathlib import Path
@@ -47,7 +48,14 @@ def has_bf16_instructions() -> bool:
 
 
 def file_type(gguf: Path) -> int | None:
-    """The GGUF's `general.file_type` (llama_ftype), read from its header without loading tensors."""
+    """The GGUF's `general.file_type` (llama_ftype), read from its header without loading tensors; once per version
+    of the file (a server asks for it to pick its format, its steps and its alias)."""
+    st = gguf.stat()
+    return _file_type(str(gguf.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_type(gguf: str, mtime_ns: int, size: int) -> int | None:
     import llama_cpp as L
 
     from tunefold.llm.engine import quiet_llama_logs
@@ -55,7 +63,7 @@ def file_type(gguf: Path) -> int | None:
     quiet_llama_logs(L)
     params = L.llama_model_default_params()
     params.vocab_only = True
-    model = L.llama_model_load_from_file(str(gguf).encode(), params)
+    model = L.llama_model_load_from_file(gguf.encode(), params)
     if not model:
         raise TunefoldError(f"llama.cpp could not read {gguf}")
     try:
